@@ -1,0 +1,179 @@
+"""App settings: read from environment variables lazily and validated on use.
+
+Azure app settings and `local.settings.json` `Values` both arrive as environment variables. Reading
+at import time would make the Functions host index zero functions when one is missing, so every
+value is read when it is needed, and a bad value raises `SettingError` naming the setting.
+
+`REGISTRY` is the single list of settings: README's table and `local.settings.sample.json` are
+checked against it by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class SettingError(ValueError):
+    """A setting is missing or malformed; the message names it and says what is wrong."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"setting {name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: str  # str | secret | bool | int | float | list | regex
+    default: Any
+    help: str
+    example: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+REGISTRY: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        # Storage and queues
+        Setting("AzureWebJobsStorage", "secret", None,
+                "Storage account connection string for queues, the ledger and (by default) blob sources.",
+                "UseDevelopmentStorage=true"),
+        # Webhook (issue: foundation and webhook)
+        Setting("ALMA_WEBHOOK_SECRET", "secret", None,
+                "Secret of the Alma webhook integration profile; signs every event (X-Exl-Signature).",
+                "change-me-to-the-profile-secret"),
+        Setting("ALMA_WEBHOOK_ALLOW_UNSIGNED", "bool", False,
+                "Accept unsigned events. Local experiments only; logged as a warning on every request.",
+                "false"),
+        Setting("EXPORT_JOB_STATUSES", "list",
+                ("COMPLETED_SUCCESS", "COMPLETED_WARNING", "COMPLETED_WARNINGS"),
+                "Job end statuses that count as a finished export worth processing.",
+                "COMPLETED_SUCCESS,COMPLETED_WARNING,COMPLETED_WARNINGS"),
+        Setting("EXPORT_JOB_FILTER", "regex", None,
+                "Regex searched in job id, job name and instance name; unset = any job with a "
+                "c.jobs.bibExport.link counter.", "Nightly discovery export"),
+        # Alma API
+        Setting("ALMA_API_KEY", "secret", None,
+                "Alma API key with read access to Configuration (jobs).", "l8xx-your-api-key"),
+        Setting("ALMA_REGION", "str", "na",
+                "Alma API region: na, eu, ap, aps, ca, cn (ignored when ALMA_API_BASE_URL is set).", "eu"),
+        Setting("ALMA_API_BASE_URL", "str", None,
+                "Alma API base URL; overrides ALMA_REGION.", "https://api-eu.hosted.exlibrisgroup.com"),
+        Setting("ALMA_API_TIMEOUT", "float", 30.0,
+                "Seconds to wait for one Alma API answer.", "30", minimum=1, maximum=300),
+        # Export sources
+        Setting("EXPORT_SOURCE", "str", None,
+                "Where Alma's export profile writes files: sftp://user@host:port/dir, ftp://, ftps://, "
+                "blob://container/prefix, https://ACCOUNT.blob.core.windows.net/container/prefix, file:///dir.",
+                "sftp://alma@sftp.example.edu:22/exports"),
+        Setting("EXPORT_SOURCE_PASSWORD", "secret", None, "Password for the SFTP/FTP source.", "secret"),
+        Setting("EXPORT_SOURCE_KEY", "secret", None, "Private key (PEM text) for the SFTP source.",
+                "-----BEGIN OPENSSH PRIVATE KEY-----..."),
+        Setting("EXPORT_SOURCE_HOST_KEY", "str", None,
+                "The SFTP server's host key as a known_hosts line.",
+                "sftp.example.edu ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA..."),
+        Setting("EXPORT_SOURCE_INSECURE", "bool", False,
+                "Skip SFTP host-key verification (logged as a warning). Never in production.", "false"),
+        Setting("EXPORT_SOURCE_CONNECTION", "secret", None,
+                "Storage connection string for a blob:// source; default: AzureWebJobsStorage.",
+                "DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...;EndpointSuffix=core.windows.net"),
+        Setting("EXPORT_FILE_PATTERN", "str", None,
+                "Glob of the files a job wrote, with {stem}, {job_id}, {instance_id}; default: "
+                "{stem}_* and {stem}.*", "{stem}_new*.xml.tar.gz"),
+        # Transformation and output
+        Setting("TRANSFORM_RULES", "str", None,
+                "Path (inside the app) of a rules file applied to every record.", "samples/rules/discovery.yaml"),
+        Setting("OUTPUT_FORMAT", "str", "marcxml",
+                "Output format: marcxml, marc21, json, csv, xslt:PATH.", "marcxml"),
+        Setting("OUTPUT_PER_RECORD", "str", None,
+                "Write one file per record with this path template instead of one file per input.",
+                "records/{001}.xml"),
+        Setting("DESTINATION", "str", "out",
+                "Where outputs go: dropbox:/path/{job_name}/{date} or a local folder (file:///path or a path).",
+                "dropbox:/Alma exports/{job_name}/{date}"),
+        # Dropbox
+        Setting("DROPBOX_APP_KEY", "str", None, "Dropbox app key.", "abcd1234efgh567"),
+        Setting("DROPBOX_APP_SECRET", "secret", None,
+                "Dropbox app secret (omit when the refresh token came from PKCE).", "secret"),
+        Setting("DROPBOX_REFRESH_TOKEN", "secret", None,
+                "Dropbox refresh token from `python -m pipeline dropbox-auth`.", "refresh-token"),
+        Setting("DROPBOX_TEAM_SPACE", "bool", False, "Root paths in the team space.", "false"),
+        Setting("DROPBOX_CHUNK_MIB", "int", 8,
+                "Upload chunk size in MiB (a multiple of 4).", "8", minimum=4, maximum=148),
+        # Worker
+        Setting("WORKER_TIME_BUDGET", "float", None,
+                "Seconds one invocation may work on a file before it checkpoints and continues in a new "
+                "message; default derived from host.json functionTimeout.", "540", minimum=0.001),
+        Setting("NOTIFY_URL", "secret", None,
+                "Teams/Slack incoming webhook or any URL that receives a summary per finished job.",
+                "https://example.webhook.office.com/..."),
+    ]
+}
+
+
+def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:
+    env = os.environ if environ is None else environ
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def get(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """Return the parsed value of a registered setting, or its default when unset."""
+    setting = REGISTRY[name]
+    raw = _raw(name, environ)
+    if raw is None:
+        return setting.default
+    return parse(setting, raw)
+
+
+def require(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """Like `get`, but a setting with no value and no default is an error."""
+    value = get(name, environ)
+    if value is None:
+        raise SettingError(name, "is not set (" + REGISTRY[name].help + ")")
+    return value
+
+
+def parse(setting: Setting, raw: str) -> Any:
+    name, kind = setting.name, setting.kind
+    if kind in ("str", "secret"):
+        return raw
+    if kind == "bool":
+        low = raw.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise SettingError(name, f"must be true or false, got {raw!r}")
+    if kind in ("int", "float"):
+        try:
+            value: float = int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            raise SettingError(name, f"must be a{'n integer' if kind == 'int' else ' number'}, got {raw!r}") from None
+        if setting.minimum is not None and value < setting.minimum:
+            raise SettingError(name, f"must be at least {setting.minimum:g}, got {raw}")
+        if setting.maximum is not None and value > setting.maximum:
+            raise SettingError(name, f"must be at most {setting.maximum:g}, got {raw}")
+        return value
+    if kind == "list":
+        items = tuple(item.strip() for item in raw.split(",") if item.strip())
+        if not items:
+            raise SettingError(name, "must be a comma-separated list with at least one item")
+        return items
+    if kind == "regex":
+        try:
+            return re.compile(raw)
+        except re.error as exc:
+            raise SettingError(name, f"is not a valid regular expression: {exc}") from None
+    raise AssertionError(f"unknown setting kind {kind}")
