@@ -28,7 +28,7 @@ class LocalOutput:
         self._final = final
         final.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.part")
-        self._fh = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._fh = open(self._tmp, "wb")
         self._hasher = StreamHasher()
 
     def write(self, data: bytes) -> None:

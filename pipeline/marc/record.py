@@ -20,6 +20,10 @@ from collections.abc import Iterator
 from typing import Any
 
 
+class RecordError(Exception):
+    """One record cannot be read, transformed or written: it is rejected, the stream goes on."""
+
+
 class Field:
     __slots__ = ("tag", "ind1", "ind2", "subfields", "value")
 
