@@ -1,0 +1,215 @@
+"""A small local stand-in for the Azure Functions host: Azurite queues in, registered functions called.
+
+Core Tools (`func start`) is the real local host; people who have it should use it. This driver
+exists so `make demo`, the end-to-end tests and bench/e2e.py run the *registered* functions of
+`function_app.py` the way the host does, without Core Tools: it builds `func.HttpRequest` and
+`func.QueueMessage` objects (with `dequeue_count`), gives output bindings objects with `.set()`,
+sends their values base64-encoded (as the host does), deletes a message after success, and after a
+failure either makes it visible again after `visibilityTimeout` or, at `maxDequeueCount`, moves it
+to `<queue>-poison`, all read from host.json.
+
+It is development tooling: the only module under pipeline/ that loads `function_app` and
+`azure.functions`, and it does so lazily; nothing that runs in Azure imports it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def registered_functions() -> dict[str, Any]:
+    """The app's functions by name, as the host indexes them (collected once: a second
+    `get_functions()` call raises a duplicate-name error)."""
+    import function_app
+
+    return {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
+
+
+def _timespan_seconds(value: str, default: float) -> float:
+    match = re.fullmatch(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)", value or "")
+    if not match:
+        return default
+    days, hours, minutes, seconds = match.groups()
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@dataclass
+class HostConfig:
+    """The host.json queue settings the driver honours."""
+
+    max_dequeue_count: int = 5
+    visibility_timeout: float = 0.0
+    function_timeout: float = 1800.0
+
+    @classmethod
+    def load(cls, path: Path = ROOT / "host.json") -> HostConfig:
+        data = json.loads(path.read_text())
+        queues = data.get("extensions", {}).get("queues", {})
+        return cls(
+            max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
+            visibility_timeout=_timespan_seconds(queues.get("visibilityTimeout", ""), 0.0),
+            function_timeout=_timespan_seconds(data.get("functionTimeout", ""), 1800.0),
+        )
+
+
+@dataclass
+class Binding:
+    """Stands in for the host's output binding: the function calls `.set()`, the driver reads it."""
+
+    value: Any = None
+
+    def set(self, value: Any) -> None:
+        self.value = value
+
+    def get(self) -> Any:
+        return self.value
+
+
+@dataclass
+class Invocation:
+    function: str
+    queue: str
+    message_id: str
+    dequeue_count: int
+    outcome: str  # "ok", "retry", "poison"
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class DevHost:
+    """Runs queue-triggered functions against Azurite (or any storage account) until idle."""
+
+    connection_string: str
+    config: HostConfig = field(default_factory=HostConfig.load)
+    lease_seconds: float = 300.0
+    history: list[Invocation] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._queues: dict[str, Any] = {}
+        self.triggers: dict[str, tuple[str, Any]] = {}  # queue name -> (function name, Function)
+        for name, fn in registered_functions().items():
+            for b in fn.get_bindings():
+                spec = b.get_dict_repr()
+                if spec.get("type") == "queueTrigger":
+                    self.triggers[spec["queueName"]] = (name, fn)
+
+    # ---- queues --------------------------------------------------------------------------------
+
+    def queue(self, name: str) -> Any:
+        """A base64-encoding queue client (the Functions host expects base64 messages)."""
+        if name not in self._queues:
+            from azure.core.exceptions import ResourceExistsError
+            from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient, TextBase64EncodePolicy
+
+            client = QueueClient.from_connection_string(
+                self.connection_string, name,
+                message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=BinaryBase64DecodePolicy(),
+            )
+            try:
+                client.create_queue()
+            except ResourceExistsError:
+                pass
+            self._queues[name] = client
+        return self._queues[name]
+
+    def send(self, queue: str, message: str) -> None:
+        self.queue(queue).send_message(message)
+
+    def _send_outputs(self, fn: Any, bindings: dict[str, Binding]) -> None:
+        for b in fn.get_bindings():
+            spec = b.get_dict_repr()
+            if spec.get("type") != "queue" or spec["name"] not in bindings:
+                continue
+            value = bindings[spec["name"]].value
+            if value is None:
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                self.send(spec["queueName"], item if isinstance(item, str) else item.decode("utf-8"))
+
+    def _output_names(self, fn: Any) -> list[str]:
+        return [b.get_dict_repr()["name"] for b in fn.get_bindings()
+                if b.get_dict_repr().get("type") == "queue"]
+
+    # ---- HTTP ----------------------------------------------------------------------------------
+
+    def call_http(self, function: str, method: str, url: str, *, params: dict[str, str] | None = None,
+                  headers: dict[str, str] | None = None, body: bytes = b"") -> Any:
+        """Call an HTTP-triggered function and deliver its queue outputs; returns the HttpResponse."""
+        import azure.functions as func
+
+        fn = registered_functions()[function]
+        req = func.HttpRequest(method=method, url=url, params=params or {}, headers=headers or {}, body=body)
+        outputs = {name: Binding() for name in self._output_names(fn)}
+        response = fn.get_user_function()(req, **outputs)
+        self._send_outputs(fn, outputs)
+        return response
+
+    # ---- queue triggers ------------------------------------------------------------------------
+
+    def run_once(self, queue: str) -> Invocation | None:
+        """Take one message from `queue` and run its function; None when the queue is empty."""
+        import azure.functions.queue as fq
+
+        name, fn = self.triggers[queue]
+        client = self.queue(queue)
+        got = list(client.receive_messages(max_messages=1, visibility_timeout=int(self.lease_seconds)))
+        if not got:
+            return None
+        m = got[0]
+        body = m.content if isinstance(m.content, bytes) else str(m.content).encode("utf-8")
+        msg = fq.QueueMessage(id=m.id, body=body, dequeue_count=m.dequeue_count, pop_receipt=m.pop_receipt,
+                              insertion_time=m.inserted_on, expiration_time=m.expires_on)
+        outputs = {n: Binding() for n in self._output_names(fn)}
+        started = time.monotonic()
+        try:
+            fn.get_user_function()(msg, **outputs)
+        except Exception as exc:  # the host catches everything a function raises
+            inv = Invocation(name, queue, m.id, m.dequeue_count, "retry", f"{type(exc).__name__}: {exc}",
+                             time.monotonic() - started)
+            if m.dequeue_count >= self.config.max_dequeue_count:
+                self.queue(f"{queue}-poison").send_message(body.decode("utf-8"))
+                client.delete_message(m.id, m.pop_receipt)
+                inv.outcome = "poison"
+            else:
+                client.update_message(m.id, m.pop_receipt, visibility_timeout=int(self.config.visibility_timeout))
+            log.info("%s failed on message %s (dequeue %d): %s -> %s", name, m.id, m.dequeue_count, inv.error,
+                     inv.outcome)
+            self.history.append(inv)
+            return inv
+        self._send_outputs(fn, outputs)
+        client.delete_message(m.id, m.pop_receipt)
+        inv = Invocation(name, queue, m.id, m.dequeue_count, "ok", None, time.monotonic() - started)
+        self.history.append(inv)
+        return inv
+
+    def drain(self, timeout: float = 120.0, idle_rounds: int = 2) -> list[Invocation]:
+        """Run every queue-triggered function until all their queues stay empty, or `timeout`."""
+        deadline = time.monotonic() + timeout
+        done: list[Invocation] = []
+        idle = 0
+        while idle < idle_rounds:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"queues still busy after {timeout:.0f} s")
+            worked = False
+            for queue in self.triggers:
+                inv = self.run_once(queue)
+                if inv is not None:
+                    done.append(inv)
+                    worked = True
+            idle = 0 if worked else idle + 1
+            if not worked and idle < idle_rounds:
+                time.sleep(0.05)
+        return done
