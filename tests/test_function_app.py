@@ -1,0 +1,145 @@
+"""The Azure function itself, called the way the host calls it: `func.HttpRequest` in, an output
+binding object with `.set()`, `func.HttpResponse` out. Plus the `demo` command that drives it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import azure.functions as func
+import pytest
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+from pipeline.cli import main
+from pipeline.commands.demo import registered_function
+from pipeline.devhost import registered_functions
+from pipeline.events import parse_queue_message
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "function-level-secret"
+JSON_BODY = (ROOT / "samples" / "events" / "job_end.json").read_bytes()
+XML_BODY = (ROOT / "samples" / "events" / "job_end.xml").read_bytes()
+
+
+class Out:
+    """An output binding as the host passes it: the function calls `.set()`."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def set(self, value: str) -> None:
+        self.calls.append(value)
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def call(method: str = "POST", body: bytes = b"", params=None, headers=None):
+    request = func.HttpRequest(method=method, url="https://example.azurewebsites.net/api/webhook",
+                               params={"code": "function-key", **(params or {})}, headers=headers or {}, body=body)
+    out = Out()
+    response = registered_function("alma_webhook")(request, out)
+    return response, out
+
+
+@pytest.fixture
+def env(clean_env):
+    clean_env.setenv("ALMA_WEBHOOK_SECRET", SECRET)
+    return clean_env
+
+
+def test_binding_metadata_is_what_alma_and_the_host_need():
+    function = registered_functions()["alma_webhook"]
+    bindings = {b["name"]: b for b in json.loads(function.get_function_json())["bindings"]}
+    assert bindings["req"] == {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": ["GET", "POST"],
+                               "authLevel": "FUNCTION", "route": "webhook"}
+    assert bindings["msg"] == {"direction": "OUT", "type": "queue", "name": "msg", "queueName": "alma-export-jobs",
+                               "connection": "AzureWebJobsStorage"}
+    assert bindings["$return"]["type"] == "http"
+
+
+def test_function_app_imports_and_indexes_without_any_setting():
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT")}
+    code = "import function_app; print(sorted(f.get_function_name() for f in function_app.app.get_functions()))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "alma_webhook" in out.stdout
+
+
+def test_signed_json_event_is_queued(env):
+    headers = {"Content-Type": "application/json", "X-Exl-Signature": sign(JSON_BODY)}
+    response, out = call(body=JSON_BODY, headers=headers)
+    assert response.status_code == 202
+    assert response.mimetype == "application/json"
+    assert json.loads(response.get_body()) == {"status": "queued", "event_id": "8816243990004146"}
+    (message,) = out.calls
+    queued = parse_queue_message(message)
+    assert queued.job_id == "S5139276810004146" and queued.instance_id == "8816243980004146"
+
+
+def test_signed_xml_event_is_queued_with_a_lower_case_header(env):
+    response, out = call(body=XML_BODY, headers={"content-type": "application/xml", "x-exl-signature": sign(XML_BODY)})
+    assert response.status_code == 202 and len(out.calls) == 1
+
+
+def test_challenge(env):
+    response, out = call("GET", params={"challenge": 'a"b'})
+    assert response.status_code == 200 and out.calls == []
+    assert response.headers["Content-Type"] == "application/json"
+    assert json.loads(response.get_body()) == {"challenge": 'a"b'}
+
+
+@pytest.mark.parametrize(("body", "headers", "status"), [
+    (JSON_BODY, {}, 401),
+    (JSON_BODY, {"X-Exl-Signature": sign(JSON_BODY, "other")}, 401),
+    (b"{}", {"X-Exl-Signature": sign(b"{}")}, 400),
+    (b"x" * (1024 * 1024 + 1), {}, 413),
+])
+def test_rejections_queue_nothing(env, body, headers, status):
+    response, out = call(body=body, headers=headers)
+    assert response.status_code == status and out.calls == []
+    assert "error" in json.loads(response.get_body())
+
+
+def test_unconfigured_secret_is_503_and_queues_nothing(clean_env):
+    response, out = call(body=JSON_BODY, headers={"X-Exl-Signature": sign(JSON_BODY)})
+    assert response.status_code == 503 and out.calls == []
+    assert "ALMA_WEBHOOK_SECRET" in json.loads(response.get_body())["error"]
+
+
+def test_queued_message_travels_through_a_real_queue(env, azurite, unique_name):
+    """The host base64-encodes output-binding messages (host.json messageEncoding); do the same into
+    Azurite and read it back as the worker's trigger would."""
+    _, out = call(body=JSON_BODY, headers={"X-Exl-Signature": sign(JSON_BODY)})
+    queue = QueueClient.from_connection_string(azurite.connection_string, unique_name,
+                                               message_encode_policy=TextBase64EncodePolicy(),
+                                               message_decode_policy=TextBase64DecodePolicy())
+    queue.create_queue()
+    queue.send_message(out.calls[0])
+    (received,) = list(queue.receive_messages())
+    assert parse_queue_message(received.content) == parse_queue_message(out.calls[0])
+
+
+@pytest.mark.parametrize("args", [["demo"], ["demo", "--xml"]])
+def test_demo_command_prints_the_answer_and_the_message(clean_env, capsys, args):
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "HTTP 202 application/json" in printed
+    assert '"job_id": "S5139276810004146"' in printed
+    assert os.environ.get("ALMA_WEBHOOK_SECRET") is None  # the demo secret does not leak out
+
+
+def test_demo_with_an_ignored_event_exits_1(clean_env, capsys, tmp_path):
+    data = json.loads(JSON_BODY)
+    data["job_instance"]["status"] = {"value": "FAILED"}
+    path = tmp_path / "failed.json"
+    path.write_text(json.dumps(data))
+    assert main(["demo", "--event", str(path)]) == 1
+    assert '"status": "ignored"' in capsys.readouterr().out
