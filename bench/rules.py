@@ -1,0 +1,88 @@
+"""What the 12-rule benchmark set costs the streaming engine (issue 4: at most 30%).
+
+Same generated files, same run, one worker process: the engine's `process` with no rules (the
+baseline) and with `samples/rules/bench-12.yaml`, for MARC 21 -> MARC 21 (the fastest path, so
+rules weigh the most) and MARCXML -> MARCXML. Runs alternate and each figure is the best of
+BENCH_RULES_ROUNDS, which damps the noise of a shared machine. Also printed: the rules alone
+(applying the set to already-parsed records), as microseconds per record and as a share of the
+baseline's time per record.
+
+Environment: BENCH_RULES_RECORDS (default 10000), BENCH_RULES_ROUNDS (default 3).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import marcgen  # noqa: E402
+
+from pipeline.destinations.local import LocalDestination  # noqa: E402
+from pipeline.marc.engine import Input, process  # noqa: E402
+from pipeline.rules import load_rules  # noqa: E402
+
+RULES = ROOT / "samples" / "rules" / "bench-12.yaml"
+N = int(os.environ.get("BENCH_RULES_RECORDS", "10000"))
+ROUNDS = int(os.environ.get("BENCH_RULES_ROUNDS", "3"))
+LIMIT = 0.30
+
+
+def run_engine(path: Path, out: Path, fmt: str, rules: str | None) -> float:
+    """Seconds for one engine run (records are checked, so a broken run cannot look fast)."""
+    started = time.perf_counter()
+    report = process([Input.from_path(path)], LocalDestination(out), fmt=fmt, rules_path=rules, workers=1)
+    seconds = time.perf_counter() - started
+    totals = report.to_dict()["totals"]
+    if totals["records_in"] != N or totals["rejected"]:
+        raise SystemExit(f"unexpected run: {totals}")
+    return seconds
+
+
+def main() -> int:
+    print(f"{N:,} generated Alma-like records, best of {ROUNDS} alternating rounds, 1 worker")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        files = {
+            "marc21": marcgen.write_marc21(tmpdir / "in.mrc", marcgen.iter_records(N, seed=4)),
+            "marcxml": marcgen.write_marcxml(tmpdir / "in.xml", marcgen.iter_records(N, seed=4)),
+        }
+        worst = 0.0
+        for fmt, path in files.items():
+            best = {"none": float("inf"), "rules": float("inf")}
+            for r in range(ROUNDS):
+                for label, rules in (("none", None), ("rules", str(RULES))):
+                    seconds = run_engine(path, tmpdir / f"out-{fmt}-{label}-{r}", fmt, rules)
+                    best[label] = min(best[label], seconds)
+            base_rate, rules_rate = N / best["none"], N / best["rules"]
+            cost = 1 - rules_rate / base_rate
+            worst = max(worst, cost)
+            print(f"{fmt:>8} -> {fmt:<8} no rules {base_rate:8,.0f} rec/s | 12 rules {rules_rate:8,.0f} rec/s | "
+                  f"throughput ratio {rules_rate / base_rate:.2f} (cost {cost:.0%}, limit {LIMIT:.0%})")
+
+        # the rules alone, on parsed records (copies made outside the timed loop)
+        ruleset = load_rules(RULES)
+        records = marcgen.records(min(N, 5000), seed=4)
+        best_apply = float("inf")
+        for _ in range(ROUNDS):
+            batch = [r.copy() for r in records]
+            started = time.perf_counter()
+            for rec in batch:
+                ruleset(rec)
+            best_apply = min(best_apply, time.perf_counter() - started)
+        per_record = best_apply / len(records)
+        base_per_record = best["none"] / N  # the last format measured (MARCXML)
+        print(f"rules alone: {per_record * 1e6:.1f} us/record ({len(records) / best_apply:,.0f} rec/s), "
+              f"{per_record / base_per_record:.0%} of the MARCXML baseline's time per record")
+        print(f"worst cost: {worst:.0%} -> {'OK' if worst <= LIMIT else 'OVER the 30% budget'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
