@@ -47,6 +47,9 @@ REGISTRY: dict[str, Setting] = {
         Setting("AzureWebJobsStorage", "secret", None,
                 "Storage account connection string for queues, the ledger and (by default) blob sources.",
                 "UseDevelopmentStorage=true"),
+        Setting("AzureWebJobsStorage__accountName", "str", None,
+                "Storage account name for managed-identity access (instead of a connection string in "
+                "AzureWebJobsStorage); the app's identity needs blob and queue data roles.", "almaexportstore"),
         # Webhook (issue: foundation and webhook)
         Setting("ALMA_WEBHOOK_SECRET", "secret", None,
                 "Secret of the Alma webhook integration profile; signs every event (X-Exl-Signature).",
@@ -91,9 +94,13 @@ REGISTRY: dict[str, Setting] = {
                 "{stem}_* and {stem}.*", "{stem}_new*.xml.tar.gz"),
         # Transformation and output
         Setting("TRANSFORM_RULES", "str", None,
-                "Path (inside the app) of a rules file applied to every record.", "samples/rules/discovery.yaml"),
+                "Path (inside the app) of a rules file applied to every record.",
+                "samples/rules/discovery-cleanup.yaml"),
         Setting("OUTPUT_FORMAT", "str", "marcxml",
                 "Output format: marcxml, marc21, json, csv, xslt:PATH.", "marcxml"),
+        Setting("MAX_EXPANDED_MIB", "int", 20480,
+                "Cap on the bytes one compressed export file may expand to (decompression-bomb guard).",
+                "20480", minimum=1),
         Setting("OUTPUT_PER_RECORD", "str", None,
                 "Write one file per record with this path template instead of one file per input.",
                 "records/{001}.xml"),
