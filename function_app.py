@@ -6,12 +6,17 @@ a missing setting would leave it with zero functions. Settings are read per requ
 
 from __future__ import annotations
 
+import logging
+
 import azure.functions as func
 
-from pipeline import webhook
+from pipeline import webhook, worker
 from pipeline.events import JOBS_QUEUE
+from pipeline.hostconfig import HostConfig
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+HOST = HostConfig.load()  # host.json: maxDequeueCount, so planning knows its last attempt
+logging.getLogger("azure").setLevel(logging.WARNING)  # the storage SDK logs every HTTP call at INFO
 
 
 @app.function_name("alma_webhook")
@@ -29,3 +34,38 @@ def alma_webhook(req: func.HttpRequest, msg: func.Out[str]) -> func.HttpResponse
         mimetype="application/json",
         charset="utf-8",
     )
+
+
+@app.function_name("plan_export")
+@app.queue_trigger(arg_name="job", queue_name=JOBS_QUEUE, connection="AzureWebJobsStorage")
+@app.queue_output(arg_name="files", queue_name=worker.FILES_QUEUE, connection="AzureWebJobsStorage")
+def plan_export(job: func.QueueMessage, files: func.Out[list[str]]) -> None:
+    """Fetch the job instance from Alma, plan its files in the ledger, one message per file."""
+    messages = worker.plan_export(job.get_body(), dequeue_count=job.dequeue_count or 1,
+                                  max_dequeue=HOST.max_dequeue_count)
+    if messages:
+        files.set(messages)
+
+
+@app.function_name("process_export_file")
+@app.queue_trigger(arg_name="file", queue_name=worker.FILES_QUEUE, connection="AzureWebJobsStorage")
+@app.queue_output(arg_name="more", queue_name=worker.FILES_QUEUE, connection="AzureWebJobsStorage")
+def process_export_file(file: func.QueueMessage, more: func.Out[list[str]]) -> None:
+    """Stream one export file source -> reader -> rules -> writer -> destination; continue if out of time."""
+    continuation = worker.process_export_file(file.get_body(), dequeue_count=file.dequeue_count or 1)
+    if continuation:
+        more.set(continuation)
+
+
+@app.function_name("export_failed")
+@app.queue_trigger(arg_name="poison", queue_name=f"{JOBS_QUEUE}-poison", connection="AzureWebJobsStorage")
+def export_failed(poison: func.QueueMessage) -> None:
+    """A job message that failed every delivery: record it, write _FAILED.json, notify."""
+    worker.export_failed(poison.get_body(), JOBS_QUEUE, dequeue_count=poison.dequeue_count or 0)
+
+
+@app.function_name("export_file_failed")
+@app.queue_trigger(arg_name="poison", queue_name=f"{worker.FILES_QUEUE}-poison", connection="AzureWebJobsStorage")
+def export_file_failed(poison: func.QueueMessage) -> None:
+    """A file message that failed every delivery: the file is failed, the rest of the job goes on."""
+    worker.export_failed(poison.get_body(), worker.FILES_QUEUE, dequeue_count=poison.dequeue_count or 0)

@@ -15,13 +15,14 @@ It is development tooling: the only module under pipeline/ that loads `function_
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pipeline.hostconfig import HostConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger(__name__)
@@ -34,33 +35,6 @@ def registered_functions() -> dict[str, Any]:
     import function_app
 
     return {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
-
-
-def _timespan_seconds(value: str, default: float) -> float:
-    match = re.fullmatch(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)", value or "")
-    if not match:
-        return default
-    days, hours, minutes, seconds = match.groups()
-    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-@dataclass
-class HostConfig:
-    """The host.json queue settings the driver honours."""
-
-    max_dequeue_count: int = 5
-    visibility_timeout: float = 0.0
-    function_timeout: float = 1800.0
-
-    @classmethod
-    def load(cls, path: Path = ROOT / "host.json") -> HostConfig:
-        data = json.loads(path.read_text())
-        queues = data.get("extensions", {}).get("queues", {})
-        return cls(
-            max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
-            visibility_timeout=_timespan_seconds(queues.get("visibilityTimeout", ""), 0.0),
-            function_timeout=_timespan_seconds(data.get("functionTimeout", ""), 1800.0),
-        )
 
 
 @dataclass
@@ -85,6 +59,31 @@ class Invocation:
     outcome: str  # "ok", "retry", "poison"
     error: str | None = None
     seconds: float = 0.0
+
+
+class _Lease:
+    """Keeps a received message invisible while its function runs, as the host does, renewing the
+    invisibility at half its length; `stop()` returns the latest pop receipt."""
+
+    def __init__(self, client: Any, message_id: str, receipt: str, seconds: float) -> None:
+        self._client, self._id, self.receipt, self._seconds = client, message_id, receipt, max(1, int(seconds))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{message_id[:8]}")
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self._seconds / 2):
+            try:
+                self.receipt = self._client.update_message(self._id, self.receipt,
+                                                           visibility_timeout=self._seconds).pop_receipt
+            except Exception as exc:  # the message may already be gone; the function's outcome decides
+                log.warning("could not renew the lease of message %s: %s", self._id, exc)
+                return
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join()
+        return self.receipt
 
 
 @dataclass
@@ -174,23 +173,26 @@ class DevHost:
                               insertion_time=m.inserted_on, expiration_time=m.expires_on)
         outputs = {n: Binding() for n in self._output_names(fn)}
         started = time.monotonic()
+        lease = _Lease(client, m.id, m.pop_receipt, self.lease_seconds)
         try:
             fn.get_user_function()(msg, **outputs)
         except Exception as exc:  # the host catches everything a function raises
+            receipt = lease.stop()
             inv = Invocation(name, queue, m.id, m.dequeue_count, "retry", f"{type(exc).__name__}: {exc}",
                              time.monotonic() - started)
             if m.dequeue_count >= self.config.max_dequeue_count:
                 self.queue(f"{queue}-poison").send_message(body.decode("utf-8"))
-                client.delete_message(m.id, m.pop_receipt)
+                client.delete_message(m.id, receipt)
                 inv.outcome = "poison"
             else:
-                client.update_message(m.id, m.pop_receipt, visibility_timeout=int(self.config.visibility_timeout))
+                client.update_message(m.id, receipt, visibility_timeout=int(self.config.visibility_timeout))
             log.info("%s failed on message %s (dequeue %d): %s -> %s", name, m.id, m.dequeue_count, inv.error,
                      inv.outcome)
             self.history.append(inv)
             return inv
+        receipt = lease.stop()
         self._send_outputs(fn, outputs)
-        client.delete_message(m.id, m.pop_receipt)
+        client.delete_message(m.id, receipt)
         inv = Invocation(name, queue, m.id, m.dequeue_count, "ok", None, time.monotonic() - started)
         self.history.append(inv)
         return inv

@@ -51,15 +51,30 @@ def test_settings_parse_and_default():
         settings.require("ALMA_API_KEY", {})
 
 
-def test_sample_settings_list_every_setting_and_no_others():
-    sample = json.loads((ROOT / "local.settings.sample.json").read_text())
-    assert set(sample["Values"]) - {"FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags"} == set(settings.REGISTRY)
+def test_sample_settings_file_is_generated_from_the_registry():
+    from pipeline.commands.settings import sample
+
+    committed = json.loads((ROOT / "local.settings.sample.json").read_text())
+    assert committed == json.loads(sample())
+    assert set(committed["Values"]) - {"FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags"} == set(settings.REGISTRY)
 
 
-def test_readme_documents_every_setting():
+def test_readme_settings_table_is_generated_from_the_registry():
+    from pipeline.commands.settings import table
+
     readme = (ROOT / "README.md").read_text()
+    assert table() in readme  # regenerate with: python -m pipeline settings table
     missing = [name for name in settings.REGISTRY if f"`{name}`" not in readme]
     assert not missing
+
+
+def test_settings_check_names_each_bad_setting(clean_env, capsys):
+    clean_env.setenv("ALMA_API_TIMEOUT", "soon")
+    clean_env.setenv("ALMA_WEBHOOK_SECRET", "s3cret-value")
+    assert main(["settings", "check"]) == 1
+    out = capsys.readouterr().out
+    assert "ERROR setting ALMA_API_TIMEOUT: must be a number, got 'soon'" in out
+    assert "s3cret-value" not in out and "ALMA_WEBHOOK_SECRET = (set, hidden)" in out
 
 
 def test_cli_help_works_and_usage_errors_are_one_line():

@@ -127,8 +127,8 @@ def test_queued_message_travels_through_a_real_queue(env, azurite, unique_name):
     assert parse_queue_message(received.content) == parse_queue_message(out.calls[0])
 
 
-@pytest.mark.parametrize("args", [["demo"], ["demo", "--xml"]])
-def test_demo_command_prints_the_answer_and_the_message(clean_env, capsys, args):
+@pytest.mark.parametrize("args", [["demo", "--webhook-only"], ["demo", "--webhook-only", "--xml"]])
+def test_demo_webhook_only_prints_the_answer_and_the_message(clean_env, capsys, args):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "HTTP 202 application/json" in printed
@@ -136,10 +136,30 @@ def test_demo_command_prints_the_answer_and_the_message(clean_env, capsys, args)
     assert os.environ.get("ALMA_WEBHOOK_SECRET") is None  # the demo secret does not leak out
 
 
+def test_demo_runs_the_whole_flow_into_the_out_folder(clean_env, capsys, tmp_path):
+    """`make demo`: webhook -> Azurite queue -> plan_export -> process_export_file -> outputs + manifest."""
+    from pipeline.destinations.base import StreamHasher
+
+    assert main(["demo", "--xml", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "HTTP 202 application/json" in printed and "job instance 8816243980004146: done" in printed
+    folder = tmp_path / "Export Bibliographic Records" / "2026-11-20"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["state"] == "done"
+    assert [f["name"] for f in manifest["files"]] == [
+        "BIBS_nightly_8816243980004146_1.xml", "BIBS_nightly_8816243980004146_2.xml"]
+    for f in manifest["files"]:
+        (output,) = [o for o in f["outputs"] if o["kind"] == "records"]
+        data = Path(output["path"]).read_bytes()
+        assert output["sha256"] == StreamHasher.of(data).sha256 and data.startswith(b"<?xml")
+    assert manifest["totals"]["records_in"] == 100
+    assert os.environ.get("ALMA_WEBHOOK_SECRET") is None
+
+
 def test_demo_with_an_ignored_event_exits_1(clean_env, capsys, tmp_path):
     data = json.loads(JSON_BODY)
     data["job_instance"]["status"] = {"value": "FAILED"}
     path = tmp_path / "failed.json"
     path.write_text(json.dumps(data))
-    assert main(["demo", "--event", str(path)]) == 1
+    assert main(["demo", "--event", str(path), "--out", str(tmp_path)]) == 1
     assert '"status": "ignored"' in capsys.readouterr().out

@@ -1,12 +1,13 @@
-"""`python -m pipeline demo`: drive the app locally the way the Functions host would.
+"""`python -m pipeline demo`: the whole flow locally, on embedded defaults, nothing to configure.
 
-For now: sign the sample JOB_END event with a demo secret, send it through the registered
-`alma_webhook` function (a `func.HttpRequest` plus an output binding object with `.set()`), and
-print the HTTP answer and the queue message. Later stages slot in after `send_event`.
+The sample JOB_END event, signed -> the registered `alma_webhook` -> an Azurite queue ->
+`plan_export` (Alma answered by the bundled sample job instance, or by the real API when
+ALMA_API_KEY is set) -> `process_export_file` over samples/exports/ -> outputs and manifest.json
+in ./out/. The functions are driven the way the Functions host drives them (pipeline/devhost.py);
+people with Core Tools can run the same app with `func start`.
 
-This is a local driver, so unlike `pipeline/` proper it may import `function_app` and
-`azure.functions` (through `pipeline.devhost`); it does so inside the functions, keeping `--help`
-fast.
+This is a local driver, so unlike `pipeline/` proper it loads `function_app` and
+`azure.functions`; it does so inside the functions, keeping `--help` fast.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "events"
+SAMPLE_INSTANCE = ROOT / "samples" / "alma" / "job_instance.json"
+SAMPLE_EXPORTS = ROOT / "samples" / "exports"
+SAMPLE_RULES = ROOT / "samples" / "rules" / "discovery-cleanup.yaml"
 DEMO_SECRET = "demo-secret-not-for-production"
 LISTENER_URL = "http://localhost:7071/api/webhook"
 
@@ -33,12 +37,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` command."""
     parser = subparsers.add_parser(
         "demo",
-        help="send the signed sample Alma event through the webhook function and show the result",
-        description="Sign samples/events/job_end.json (or .xml) with a demo secret, send it through the "
-        "registered alma_webhook function as the Functions host would, print the answer and the queue message.",
+        help="run the whole pipeline locally on the samples: webhook -> queues -> workers -> ./out/",
+        description="Start Azurite, send the signed sample JOB_END event through alma_webhook, then run "
+        "plan_export and process_export_file as the Functions host would, over samples/exports/, writing the "
+        "transformed files and manifest.json to ./out/. Needs no Azure, Alma or Dropbox account.",
     )
     parser.add_argument("--xml", action="store_true", help="send the XML twin of the sample event")
     parser.add_argument("--event", type=Path, help="send this event file instead of the sample")
+    parser.add_argument("--out", default="out", help="local folder for the results (default: ./out)")
+    parser.add_argument("--webhook-only", action="store_true", help="stop after the webhook: print its answer")
     parser.set_defaults(func=run)
 
 
@@ -123,12 +130,112 @@ def print_call(call: WebhookCall) -> None:
         print(json.dumps(json.loads(call.message), indent=2, ensure_ascii=False))
 
 
+class SampleAlma:
+    """Answers `get_job_instance` from samples/alma/job_instance.json, so the demo needs no API key."""
+
+    def __init__(self, path: Path = SAMPLE_INSTANCE) -> None:
+        self.data = json.loads(path.read_text())
+
+    def __enter__(self) -> SampleAlma:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def get_job_instance(self, job_id: str, instance_id: str) -> dict[str, Any]:
+        from pipeline.alma import AlmaError
+
+        if instance_id != self.data["id"]:
+            raise AlmaError("402218", f"the bundled sample has job instance {self.data['id']}, not {instance_id}; "
+                            "set ALMA_API_KEY to ask the real Alma API")
+        return self.data
+
+
+def pipeline_settings(out: str, storage: str) -> dict[str, str]:
+    """The demo's embedded defaults; anything the user already set wins, except storage and secret."""
+    defaults = {
+        "EXPORT_SOURCE": SAMPLE_EXPORTS.as_uri(),
+        "DESTINATION": str(Path(out) / "{job_name}" / "{date}"),
+        "TRANSFORM_RULES": str(SAMPLE_RULES),
+        "OUTPUT_FORMAT": "marcxml",
+    }
+    values = {k: v for k, v in defaults.items() if not os.environ.get(k)}
+    values.update(AzureWebJobsStorage=storage, ALMA_WEBHOOK_SECRET=DEMO_SECRET, ALMA_WEBHOOK_ALLOW_UNSIGNED="false")
+    return values
+
+
+def run_pipeline(host: Any, out: str) -> int:
+    """Drain the queues through plan_export and process_export_file; print what happened."""
+    from pipeline import worker
+    from pipeline.ledger import Ledger
+
+    use_api = bool(os.environ.get("ALMA_API_KEY"))
+    worker.set_context(worker.Context() if use_api else worker.Context(alma_factory=SampleAlma))
+    print(f"\nAlma API: {'the real API (ALMA_API_KEY is set)' if use_api else 'the bundled sample job instance'}")
+    print(f"export files from {os.environ['EXPORT_SOURCE']}")
+    try:
+        invocations = host.drain(timeout=600)
+    finally:
+        worker.set_context(None)
+    for inv in invocations:
+        status = inv.outcome if inv.error is None else f"{inv.outcome}: {inv.error}"
+        print(f"  {inv.function:<20} message {inv.message_id[:8]} (delivery {inv.dequeue_count}) "
+              f"{inv.seconds * 1000:7.0f} ms  {status}")
+    records = Ledger.from_settings().list_instances()
+    if not records:
+        print("nothing was planned")
+        return 1
+    ok = True
+    for record in records:
+        print(f"\njob instance {record.instance_id}: {record.state}")
+        for f in record.files:
+            r = f.result or {}
+            print(f"  {f.name}: {f.state}, {r.get('records_in', 0)} records in, {r.get('records_out', 0)} out, "
+                  f"{r.get('rejected', 0)} rejected, {r.get('dropped', 0)} dropped by rules"
+                  + (f" ({f.error})" if f.error else ""))
+            for o in r.get("outputs", []):
+                print(f"      -> {o['path']} ({o['size']} bytes)")
+        print(f"  manifest: {record.manifest.location}")
+        ok = ok and record.state == "done"
+    print(f"\nresults are in {Path(out).resolve()}")
+    return 0 if ok else 1
+
+
 def run(args: argparse.Namespace) -> int:
-    """Send the sample event and print what the webhook did; exit 1 unless it was queued."""
+    """Send the sample event; unless --webhook-only, run the whole pipeline. Exit 1 unless all went well."""
     path = args.event or sample_path(args.xml)
     body = path.read_bytes()
     content_type = "application/xml" if body.lstrip().startswith(b"<") else "application/json"
-    print(f"POST {LISTENER_URL}?code=... ({path.name}, {len(body)} bytes, signed with the demo secret)")
-    call = send_event(body, content_type=content_type)
-    print_call(call)
-    return 0 if call.status == 202 else 1
+    if args.webhook_only:
+        print(f"POST {LISTENER_URL}?code=... ({path.name}, {len(body)} bytes, signed with the demo secret)")
+        call = send_event(body, content_type=content_type)
+        print_call(call)
+        return 0 if call.status == 202 else 1
+
+    import logging
+
+    from pipeline import azurite
+    from pipeline.devhost import DevHost
+    from pipeline.events import JOBS_QUEUE
+    from pipeline.hostconfig import HostConfig
+
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    print("starting Azurite (the local Azure Storage emulator) ...")
+    server = azurite.start()
+    try:
+        with demo_settings(**pipeline_settings(args.out, server.connection_string)):
+            host = DevHost(server.connection_string, config=HostConfig(
+                max_dequeue_count=HostConfig.load().max_dequeue_count, visibility_timeout=0))
+            print(f"POST {LISTENER_URL}?code=... ({path.name}, {len(body)} bytes, signed with the demo secret)")
+            headers = {"Content-Type": content_type, "X-Exl-Signature": sign(DEMO_SECRET, body)}
+            response = host.call_http("alma_webhook", "POST", f"{LISTENER_URL}?code=demo", params={"code": "demo"},
+                                      headers=headers, body=body)
+            peeked = host.queue(JOBS_QUEUE).peek_messages(max_messages=1)
+            message = peeked[0].content.decode("utf-8") if peeked else None
+            print_call(WebhookCall(response.status_code, dict(response.headers), response.get_body().decode("utf-8"),
+                                   message))
+            if response.status_code != 202:
+                return 1
+            return run_pipeline(host, args.out)
+    finally:
+        server.stop()
