@@ -1,0 +1,642 @@
+"""The streaming engine: input -> detect -> frame -> parse -> rules -> encode -> sink, in flat memory.
+
+The main process unwraps containers, frames raw records (framing.py) and writes results in input
+order; parsing, the rules and encoding run on batches of records, either in this process (one core,
+small inputs) or in a pool of worker processes (large inputs). At most `2 x workers` batches are
+in flight, so memory stays bounded whatever the input size. Workers build their own encoder and
+load the rules from the path (callables need not be picklable).
+
+Every record ends in exactly one of: written, dropped by the rules, or rejected. A rejected record
+goes to `<stem>.rejects.<ext>` in its original form and to `<stem>.rejects.jsonl` with the reason;
+it never stops the stream. A file-level problem (unknown format, XML broken beyond one record, a
+decompression cap) fails that file: its main output is aborted (nothing under the final name),
+rejects found so far are kept, and the FileResult carries the error.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pipeline.destinations.base import Destination, DestinationError, OutputResult
+from pipeline.marc import marc21, marcjson, marcxml
+from pipeline.marc.detect import CountingReader, Member, max_expanded_default, open_members
+from pipeline.marc.encoders import Encoder, get_encoder
+from pipeline.marc.framing import Frame, InputError, frames_terminated
+from pipeline.marc.record import Record, RecordError
+from pipeline.marc.report import FileResult, RunReport
+from pipeline.marc.sinks import FileSink, Sink, SinkFactory
+
+log = logging.getLogger(__name__)
+
+BATCH_RECORDS = 500
+BATCH_BYTES = 512 << 10
+AUTO_PARALLEL_BYTES = 4 << 20  # smaller inputs are not worth starting worker processes
+_REJECT_EXT = {"marcxml": "xml", "marc21": "mrc", "json": "json", "empty": "txt"}
+
+OK, DROP, REJECT, RUN = 0, 1, 2, 3
+
+
+@dataclass
+class Input:
+    """One input file: a name (for messages and the output stem) and how to open it as a byte stream."""
+
+    name: str
+    open: Callable[[], BinaryIO]
+    size: int | None = None
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str]) -> Input:
+        p = Path(path)
+        return cls(p.name, lambda: open(p, "rb"), p.stat().st_size)
+
+
+# --- the per-batch work (same code in this process and in workers) ---------------------------------
+class Work:
+    """The encoder and transform of a run, built once per process."""
+
+    def __init__(self, fmt: str, options: dict[str, Any] | None, rules_path: str | None) -> None:
+        self.encoder: Encoder = get_encoder(fmt, **(options or {}))
+        self.transform: Callable[[Record], Record | None] | None = None
+        if rules_path:
+            from pipeline.rules import load_rules
+
+            self.transform = load_rules(rules_path)
+
+    def counters(self) -> dict[str, int]:
+        """The encoder's counters since the last call (then reset)."""
+        counters = getattr(self.encoder, "counters", None)
+        if not counters:
+            return {}
+        taken = {k: v for k, v in counters.items() if v}
+        for k in counters:
+            counters[k] = 0
+        return taken
+
+
+def _parse(input_format: str, context: Any, frames: list[Frame]) -> list[Record | RecordError]:
+    if input_format == "marcxml":
+        return marcxml.parse_marcxml_batch(context, [f.raw for f in frames])
+    parse = marc21.parse_marc21 if input_format == "marc21" else marcjson.parse_json_line
+    out: list[Record | RecordError] = []
+    for f in frames:
+        try:
+            out.append(parse(f.raw))
+        except RecordError as exc:
+            out.append(exc)
+    return out
+
+
+def _salvage(input_format: str, raw: bytes | None) -> str | None:
+    if input_format == "marc21":
+        return marc21.salvage_id(raw)
+    if input_format == "json":
+        return marcjson.salvage_id(raw)
+    return marcxml.salvage_id(raw)
+
+
+def run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[int, Frame]],
+              want_records: bool) -> tuple[list[tuple], dict[str, int]]:
+    """Parse, transform and encode one batch. Outcomes, in order: `(OK, index, data, record)`,
+    `(DROP, index)`, `(REJECT, index, stage, error, id)`; without `want_records`, consecutive written
+    records come as one `(RUN, count, data)` (cheaper to send back from a worker).
+
+    The cyclic garbage collector is paused for the batch: records hold no reference cycles (they are
+    freed by reference counting), and collections triggered by their many small objects would
+    otherwise cost a third of the time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run_batch(work, input_format, context, batch, want_records)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[int, Frame]],
+               want_records: bool) -> tuple[list[tuple], dict[str, int]]:
+    good = [(i, f) for i, f in batch if f.error is None]
+    parsed = iter(_parse(input_format, context, [f for _, f in good])) if good else iter(())
+    encoder, transform = work.encoder, work.transform
+    outcomes: list[tuple] = []
+    for index, frame in batch:
+        if frame.error is not None:
+            outcomes.append((REJECT, index, "read", frame.error, _salvage(input_format, frame.raw)))
+            continue
+        item = next(parsed)
+        if isinstance(item, RecordError):
+            outcomes.append((REJECT, index, "read", str(item), _salvage(input_format, frame.raw)))
+            continue
+        record: Record | None = item
+        if transform is not None:
+            try:
+                record = transform(item)
+            except RecordError as exc:
+                outcomes.append((REJECT, index, "rules", str(exc), item.id))
+                continue
+            except Exception as exc:  # a rule or plugin bug costs this record, reported with its type
+                outcomes.append((REJECT, index, "rules", f"{type(exc).__name__}: {exc}", item.id))
+                continue
+            if record is None:
+                outcomes.append((DROP, index))
+                continue
+        try:
+            data = encoder.encode(record)
+        except RecordError as exc:
+            outcomes.append((REJECT, index, "write", str(exc), record.id))
+            continue
+        except Exception as exc:
+            outcomes.append((REJECT, index, "write", f"{type(exc).__name__}: {exc}", record.id))
+            continue
+        if want_records:
+            outcomes.append((OK, index, data, record))
+        elif outcomes and outcomes[-1][0] == RUN:  # consecutive records travel as one bytes object
+            last = outcomes[-1]
+            last[2].append(data)
+            outcomes[-1] = (RUN, last[1] + 1, last[2])
+        else:
+            outcomes.append((RUN, 1, [data]))
+    if not want_records:
+        outcomes = [(RUN, o[1], b"".join(o[2])) if o[0] == RUN else o for o in outcomes]
+    return outcomes, work.counters()
+
+
+_WORKER: Work | None = None
+
+
+def _worker_init(fmt: str, options: dict[str, Any] | None, rules_path: str | None) -> None:
+    global _WORKER
+    _WORKER = Work(fmt, options, rules_path)
+
+
+def _worker_batch(input_format: str, context: Any, batch: list[tuple[int, Frame]],
+                  want_records: bool) -> tuple[list[tuple], dict[str, int], int]:
+    assert _WORKER is not None
+    outcomes, counters = run_batch(_WORKER, input_format, context, batch, want_records)
+    return outcomes, counters, peak_rss_kb()
+
+
+def peak_rss_kb() -> int:
+    """This process's peak RSS in KiB. /proc's VmHWM is per process image; ru_maxrss would include the
+    parent's peak inherited at fork/exec."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+class WorkerPool:
+    """Worker processes for one run.
+
+    `fork` starts fastest and is used when this process runs a single thread (the CLI); in a
+    threaded host (Azure Functions' worker) forking could copy a held lock, so `forkserver` is used,
+    which, like `spawn`, imports the caller's `__main__` module in the workers (scripts need the
+    usual `if __name__ == "__main__":` guard).
+    """
+
+    def __init__(self, workers: int, fmt: str, options: dict[str, Any] | None, rules_path: str | None) -> None:
+        import multiprocessing
+        import threading
+
+        methods = multiprocessing.get_all_start_methods()
+        if "fork" in methods and threading.active_count() == 1:
+            method = "fork"
+        else:
+            method = "forkserver" if "forkserver" in methods else "spawn"
+        self.workers = workers
+        self.peak_rss_kb = 0
+        self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                             initializer=_worker_init, initargs=(fmt, options, rules_path))
+
+    def submit(self, *args: Any) -> Future:
+        return self._executor.submit(_worker_batch, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --- rejects ------------------------------------------------------------------------------------------
+class _Rejects:
+    """`<stem>.rejects.<ext>` (original bytes) and `<stem>.rejects.jsonl` (reasons), opened on first use."""
+
+    def __init__(self, destination: Destination, name: str, stem: str, ext: str,
+                 wrapper: Callable[[], tuple[bytes, bytes]]) -> None:
+        self._destination, self._name, self._stem, self._ext, self._wrapper = destination, name, stem, ext, wrapper
+        self._raw: FileSink | None = None
+        self._log: FileSink | None = None
+
+    def add(self, index: int, offset: int | None, record_id: str | None, stage: str, error: str,
+            raw: bytes | None, member: str) -> None:
+        if self._log is None:
+            header, footer = self._wrapper()
+            self._raw = FileSink(self._destination, f"{self._stem}.rejects.{self._ext}", header, footer)
+            self._log = FileSink(self._destination, f"{self._stem}.rejects.jsonl", b"", b"")
+            self._raw.begin()
+            self._log.begin()
+        assert self._raw is not None
+        if raw is not None:
+            self._raw.write(raw if self._ext != "xml" else raw + b"\n")
+        entry = {"input": member, "index": index, "offset": offset, "id": record_id, "stage": stage,
+                 "error": error}
+        if raw is None and stage == "read":
+            entry["raw"] = "not kept (too large)"
+        self._log.write(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
+
+    def end(self) -> list[OutputResult]:
+        if self._log is None:
+            return []
+        assert self._raw is not None
+        results = []
+        for sink, kind in ((self._raw, "rejects"), (self._log, "rejects-log")):
+            for result in sink.end():
+                result.extra["kind"] = kind
+                results.append(result)
+        return results
+
+    def abort(self) -> None:
+        for sink in (self._raw, self._log):
+            if sink is not None:
+                sink.abort()
+
+
+# --- one member of an input ---------------------------------------------------------------------------
+class _MemberRun:
+    """State for one member (a plain file, or one file inside an archive)."""
+
+    def __init__(self, member: Member, stem: str, first_index: int, start_record: int, destination: Destination,
+                 encoder: Encoder, sink_factory: SinkFactory, result: FileResult) -> None:
+        self.member = member
+        self.first_index = first_index
+        self.start_record = start_record
+        self.destination = destination
+        self.encoder = encoder
+        self.sink_factory = sink_factory
+        self.result = result
+        self.sink: Sink | None = None
+        self.framer: marcxml.XmlFramer | None = None
+        suffix = f".from-{start_record}" if start_record else ""
+        self.rejects = _Rejects(destination, member.name, stem + suffix, _REJECT_EXT[member.format], self._wrapper)
+        self.stem = stem
+
+    def _wrapper(self) -> tuple[bytes, bytes]:
+        return self.framer.rejects_wrapper() if self.framer is not None else (b"", b"")
+
+    def frames(self) -> Iterator[Frame]:
+        fmt, stream = self.member.format, self.member.stream
+        if fmt == "marcxml":
+            self.framer = marcxml.XmlFramer(stream)
+            return self.framer.frames()
+        if fmt == "marc21":
+            return frames_terminated(stream, b"\x1d", what="record")
+        if fmt == "json":
+            return frames_terminated(stream, b"\n", what="line")
+        return iter(())
+
+    def context(self) -> Any:
+        return self.framer.context() if self.framer is not None else None
+
+    def open_sink(self) -> Sink:
+        if self.sink is None:
+            write_header = self.first_index >= self.start_record
+            self.sink = self.sink_factory(self.destination, self.stem, self.encoder, write_header)
+            self.sink.begin()
+        return self.sink
+
+    def deliver(self, batch: list[tuple[int, Frame]], outcomes: list[tuple], counters: dict[str, int]) -> None:
+        result = self.result
+        sink = self.open_sink()
+        frames: dict[int, Frame] | None = None
+        n = 0
+        for outcome in outcomes:
+            kind = outcome[0]
+            if kind == RUN:
+                sink.record(None, outcome[2])
+                result.records_out += outcome[1]
+                n += outcome[1]
+            elif kind == OK:
+                sink.record(outcome[3], outcome[2])
+                result.records_out += 1
+                n += 1
+            elif kind == DROP:
+                result.dropped += 1
+                n += 1
+            else:
+                n += 1
+                if frames is None:
+                    frames = dict(batch)
+                _, index, stage, error, record_id = outcome
+                frame = frames[index]
+                self.rejects.add(index, frame.offset, record_id, stage, error, frame.raw, self.member.name)
+                result.rejected += 1
+                log.debug("%s: record %d rejected (%s): %s", self.member.name, index, stage, error)
+        result.records_in += n
+        for key, value in counters.items():
+            result.counters[key] = result.counters.get(key, 0) + value
+
+    def finish(self, complete: bool) -> None:
+        if self.sink is None and self.first_index >= self.start_record:
+            self.open_sink()  # an input without records still gets its (empty) output
+        if self.sink is not None:
+            self.result.outputs.extend(self.sink.end(complete))
+            self.sink = None
+        self.result.outputs.extend(self.rejects.end())
+
+    def fail(self) -> None:
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None
+        try:
+            self.result.outputs.extend(self.rejects.end())
+        except Exception:  # the destination is failing too: leave nothing half-written
+            self.rejects.abort()
+
+
+def _batches(frames: Iterable[Frame], first: int, start_record: int,
+             counter: list[int]) -> Iterator[list[tuple[int, Frame]]]:
+    """Group frames into batches, numbering them; frames before `start_record` are skipped unparsed."""
+    batch: list[tuple[int, Frame]] = []
+    size = 0
+    index = first
+    try:
+        for frame in frames:
+            index_now = index
+            index += 1
+            counter[0] = index
+            if index_now < start_record:
+                continue
+            batch.append((index_now, frame))
+            size += len(frame.raw) if frame.raw else 0
+            if len(batch) >= BATCH_RECORDS or size >= BATCH_BYTES:
+                yield batch
+                batch = []
+                size = 0
+    except InputError:
+        if batch:  # the records read before a file-level error are still processed and reported
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+# --- public API -------------------------------------------------------------------------------------------
+def process_file(
+    input: Input,
+    destination: Destination,
+    *,
+    fmt: str = "marcxml",
+    rules_path: str | None = None,
+    encoder_options: dict[str, Any] | None = None,
+    workers: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    start_record: int = 0,
+    sink_factory: SinkFactory | None = None,
+    max_expanded_bytes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    pool: WorkerPool | None = None,
+    used_stems: set[str] | None = None,
+) -> FileResult:
+    """Process one input (every member of a container) into `destination`; never raises for bad data
+    (`FileResult.error` says what failed). A `DestinationError` (delivery failed) is raised after the
+    outputs in progress are aborted.
+
+    `should_stop()` is checked between batches, once a first batch is done (so every call makes
+    progress, however small the budget); when it returns True the run stops at a record
+    boundary and returns `complete=False` with `records_done`. Call again with
+    `start_record=records_done` to continue: earlier records are skipped unparsed and no header is
+    written again (the sink decides how parts join). `progress(records, bytes_read)` is called after
+    each batch. `pool` shares worker processes between files (see `process`).
+    """
+    started = time.monotonic()
+    result = FileResult(name=input.name, records_done=start_record)
+    local = Work(fmt, encoder_options, rules_path)  # also validates format, options and rules up front
+    factory = sink_factory or FileSink.factory
+    cap = max_expanded_bytes if max_expanded_bytes is not None else max_expanded_default()
+    stems = used_stems if used_stems is not None else set()
+    own_pool = None
+    if pool is None:
+        wanted = workers if workers is not None else (
+            available_cores() if input.size is None or input.size >= AUTO_PARALLEL_BYTES else 1)
+        if wanted > 1:
+            own_pool = pool = WorkerPool(wanted, fmt, encoder_options, rules_path)
+    counter = [0]  # next record index (across members)
+    current: _MemberRun | None = None
+    try:
+        source = input.open()
+    except OSError as exc:
+        result.error = f"{input.name}: cannot open: {exc}"
+        result.seconds = time.monotonic() - started
+        if own_pool:
+            own_pool.close()
+        return result
+    counting = CountingReader(source)
+    try:
+        for member in open_members(input.name, counting, max_expanded=cap):
+            result.members.append(member.name)
+            result.input_format = result.input_format or member.format
+            current = _MemberRun(member, _unique(member.stem, stems), counter[0], start_record, destination,
+                                 local.encoder, factory, result)
+            batches = _batches(current.frames(), counter[0], start_record, counter)
+            stopped = _run_member(current, batches, local, pool, should_stop, progress, counting)
+            if stopped is not None:
+                current.finish(complete=False)
+                result.complete = False
+                result.records_done = stopped
+                current = None
+                break
+            current.finish(complete=True)
+            current = None
+        else:
+            result.records_done = max(counter[0], start_record)
+    except DestinationError:  # not bad data: the caller decides (it knows whether retrying may help)
+        if current is not None:
+            current.fail()
+            current = None
+        raise
+    except InputError as exc:
+        result.error = str(exc) if input.name in str(exc) else f"{input.name}: {exc}"
+    except OSError as exc:
+        result.error = f"{input.name}: {exc}"
+    except Exception as exc:  # a bug: fail this file with the reason, keep going with the others
+        log.exception("processing %s failed", input.name)
+        result.error = f"{input.name}: internal error: {type(exc).__name__}: {exc}"
+    except BaseException:
+        if current is not None:
+            current.fail()
+        raise
+    finally:
+        if own_pool:
+            own_pool.close()
+        result.bytes_in = counting.count
+        try:
+            source.close()
+        except OSError:
+            pass
+    if result.error and current is not None:
+        current.fail()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _run_member(run: _MemberRun, batches: Iterator[list[tuple[int, Frame]]], local: Work,
+                pool: WorkerPool | None, should_stop: Callable[[], bool] | None,
+                progress: Callable[[int, int], None] | None, counting: CountingReader) -> int | None:
+    """Process the member's batches in order; return the next record index if stopped early, else None."""
+    def done(batch: list[tuple[int, Frame]], outcomes: list[tuple], counters: dict[str, int]) -> None:
+        run.deliver(batch, outcomes, counters)
+        if progress is not None:
+            progress(run.result.records_in, counting.count)
+
+    if pool is None:
+        for batch in batches:
+            if should_stop is not None and run.result.records_in and should_stop():  # progress first
+                return batch[0][0]
+            context = run.context()
+            want = bool(run.open_sink().wants_record)
+            outcomes, counters = run_batch(local, run.member.format, context, batch, want)
+            done(batch, outcomes, counters)
+        return None
+    inflight: deque[tuple[list[tuple[int, Frame]], Future]] = deque()
+    limit = 2 * pool.workers
+    stopped_at: int | None = None
+    try:
+        for batch in batches:
+            if should_stop is not None and run.result.records_in and should_stop():  # progress first
+                stopped_at = batch[0][0]
+                break
+            want = bool(run.open_sink().wants_record)  # records go back to the main process only if needed
+            inflight.append((batch, pool.submit(run.member.format, run.context(), batch, want)))
+            while len(inflight) >= limit:
+                _collect(inflight.popleft(), done, pool)
+        while inflight:
+            _collect(inflight.popleft(), done, pool)
+    finally:
+        for _, future in inflight:
+            future.cancel()
+    return stopped_at
+
+
+def _collect(item: tuple[list[tuple[int, Frame]], Future], done: Callable[..., None], pool: WorkerPool) -> None:
+    batch, future = item
+    outcomes, counters, rss = future.result()
+    pool.peak_rss_kb = max(pool.peak_rss_kb, rss)
+    done(batch, outcomes, counters)
+
+
+def process(
+    inputs: Iterable[Input],
+    destination: Destination,
+    *,
+    fmt: str = "marcxml",
+    rules_path: str | None = None,
+    encoder_options: dict[str, Any] | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    max_expanded_bytes: int | None = None,
+    sink_factory: SinkFactory | None = None,
+) -> RunReport:
+    """Process every input into `destination` and write `report.json` there; one file's failure
+    does not stop the others (see `RunReport.ok`)."""
+    started = time.monotonic()
+    inputs = list(inputs)
+    Work(fmt, encoder_options, rules_path)  # bad format / options / rules fail before any output
+    report = RunReport(format=fmt, rules=rules_path, started=datetime.now(UTC).isoformat(timespec="seconds"))
+    total = sum(i.size or 0 for i in inputs)
+    wanted = workers if workers is not None else (
+        available_cores() if any(i.size is None or i.size >= AUTO_PARALLEL_BYTES for i in inputs) else 1)
+    pool = WorkerPool(wanted, fmt, encoder_options, rules_path) if wanted > 1 else None
+    report.workers = wanted
+    bar = _Progress(total) if progress and sys.stderr.isatty() else None
+    stems: set[str] = set()
+    done_bytes = 0
+    try:
+        for item in inputs:
+            callback = None
+            if bar is not None:
+                base = done_bytes
+                name = item.name
+
+                def callback(records: int, nbytes: int, base: int = base, name: str = name) -> None:
+                    bar.update(name, records, base + nbytes)
+            try:
+                result = process_file(item, destination, fmt=fmt, rules_path=rules_path,
+                                      encoder_options=encoder_options, workers=1 if pool is None else wanted,
+                                      max_expanded_bytes=max_expanded_bytes, progress=callback, pool=pool,
+                                      used_stems=stems, sink_factory=sink_factory)
+            except DestinationError as exc:
+                result = FileResult(name=item.name, error=f"{item.name}: {exc}")
+            done_bytes += result.bytes_in
+            report.files.append(result)
+    finally:
+        if bar is not None:
+            bar.close()
+        if pool is not None:
+            pool.close()
+    report.seconds = time.monotonic() - started
+    report.peak_rss_mb = {"main": round(peak_rss_kb() / 1024, 1)}
+    if pool is not None:
+        report.peak_rss_mb["workers"] = round(pool.peak_rss_kb / 1024, 1)
+    destination.write_bytes("report.json", report.to_json())
+    return report
+
+
+class _Progress:
+    """A one-line progress display on a terminal: records, records/s, percent of input bytes."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total = total_bytes
+        self.started = time.monotonic()
+        self.last = 0.0
+        self._records: dict[str, int] = {}
+        self._state = ("", 0)
+
+    def update(self, name: str, records: int, nbytes: int, force: bool = False) -> None:
+        self._records[name] = records
+        self._state = (name, nbytes)
+        now = time.monotonic()
+        if now - self.last < 0.25 and not force:
+            return
+        self.last = now
+        total = sum(self._records.values())
+        rate = total / max(now - self.started, 1e-6)
+        pct = f" {min(100.0, 100 * nbytes / self.total):5.1f}%" if self.total else ""
+        sys.stderr.write(f"\r{name[-40:]:<40} {total:>10,} records {rate:>9,.0f} rec/s{pct}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        name, nbytes = self._state
+        if name:
+            self.update(name, self._records[name], nbytes, force=True)
+        sys.stderr.write("\n")
+        sys.stderr.flush()
