@@ -1,6 +1,7 @@
 """Command-line front door: `python -m pipeline COMMAND ...`.
 
-Each command lives in its own module under `pipeline/commands/` and exposes
+Each command lives in its own module under `pipeline/commands/` (modules named `_*` are helpers
+shared by commands) and exposes
 `register(subparsers) -> None`, which adds its parser and sets `func=run(args) -> int`. Modules are
 found by listing that package, so adding a command never touches this file. Keep their top-level
 imports light: `--help` imports every command module.
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):  # shared helpers of several commands, not a command
+            continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(sub)
     return parser

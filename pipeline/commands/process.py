@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from pipeline.cli import CommandError, UsageError
+from pipeline.commands import _output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "DIR/<stem>.rejects.*, and DIR/report.json.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="export files to process")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    _output.add_arguments(parser)
     parser.add_argument("--format", default="marcxml", metavar="FORMAT",
                         help="marcxml (default), marc21, json (MARC-in-JSON lines), csv, or xslt:PATH")
     parser.add_argument("--rules", metavar="FILE", help="rules file applied to every record (docs/rules.md)")
@@ -60,7 +60,6 @@ def _encoder_options(args: argparse.Namespace) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.destinations.base import DestinationError
-    from pipeline.destinations.local import LocalDestination
     from pipeline.marc.encoders import FormatError, get_encoder
     from pipeline.marc.engine import Input, process
 
@@ -82,33 +81,22 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"process: {exc}") from None
         except OSError as exc:
             raise UsageError(f"process: rules file {args.rules}: {exc.strerror}") from None
-    out = Path(args.out)
     inputs = []
     for name in args.inputs:
         path = Path(name)
         if not path.is_file():
             raise UsageError(f"process: input {name} does not exist or is not a file")
         inputs.append(Input.from_path(path))
-    _refuse_overwriting_inputs([Path(n) for n in args.inputs], out, encoder.extension)
+    if _output.is_local(args.out):
+        _refuse_overwriting_inputs([Path(n) for n in args.inputs], Path(args.out), encoder.extension)
+    destination, sink_factory = _output.open_output("process", args.out, args.per_record)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"process: cannot create output folder {out}: {exc.strerror}") from None
-
-    try:
-        report = process(inputs, LocalDestination(out), fmt=args.format, rules_path=args.rules,
-                         encoder_options=options, workers=args.workers, progress=True,
+        report = process(inputs, destination, fmt=args.format, rules_path=args.rules,
+                         encoder_options=options, workers=args.workers, progress=True, sink_factory=sink_factory,
                          max_expanded_bytes=None if args.max_expanded_mib is None else args.max_expanded_mib << 20)
     except (OSError, DestinationError) as exc:
-        raise CommandError(f"writing to {out}: {exc}") from None
-    for result in report.files:
-        if result.error:
-            print(f"error: {result.error}", file=sys.stderr)
-        else:
-            print(f"{result.name}: {result.records_in} records in, {result.records_out} out, "
-                  f"{result.rejected} rejected, {result.dropped} dropped ({result.seconds:.1f} s)")
-    print(f"report: {out / 'report.json'}")
-    return 0 if report.ok else 1
+        raise CommandError(f"writing to {args.out}: {exc}") from None
+    return _output.print_summary(report, destination)
 
 
 def _refuse_overwriting_inputs(inputs: list[Path], out: Path, extension: str) -> None:

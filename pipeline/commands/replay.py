@@ -10,10 +10,11 @@ Exit status: 0 all files processed, 1 a failure (printed), 2 usage errors.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+
+from pipeline.commands import _output
 
 if TYPE_CHECKING:
     from pipeline.sources import Source
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Parse a saved JOB_END webhook body, fetch the job instance from the Alma API, find "
         "the files it wrote in the export source, and process them into DIR with report.json.")
     parser.add_argument("event", metavar="EVENT", help="saved webhook body (.json or .xml)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    _output.add_arguments(parser)
     parser.add_argument("--rules", metavar="FILE", help="rules file (default TRANSFORM_RULES)")
     parser.add_argument("--format", metavar="FORMAT", help="output format (default OUTPUT_FORMAT)")
     parser.add_argument("--source", metavar="URL", help="where the export files are (default EXPORT_SOURCE)")
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline import settings
     from pipeline.alma import AlmaClient, AlmaError
     from pipeline.cli import CommandError, UsageError
-    from pipeline.destinations.local import LocalDestination
+    from pipeline.destinations.base import DestinationError
     from pipeline.events import EventError, parse_event
     from pipeline.marc.encoders import FormatError, get_encoder
     from pipeline.marc.engine import Input, process
@@ -90,20 +91,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"job instance {instance.instance_id} of job {instance.job_id}: {instance.status}; "
               f"{len(plan.files)} file(s) in {plan.source}")
         inputs = [Input(entry.name, _opener(source, entry.name), entry.size) for entry in plan.files]
-        out = Path(args.out)
+        destination, sink_factory = _output.open_output("replay", args.out, args.per_record)
         try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"replay: cannot create output folder {out}: {exc.strerror}") from None
-        report = process(inputs, LocalDestination(out), fmt=fmt, rules_path=rules, workers=args.workers)
-    for result in report.files:
-        if result.error:
-            print(f"error: {result.name}: {result.error}", file=sys.stderr)
-        else:
-            print(f"{result.name}: {result.records_in} records in, {result.records_out} out, "
-                  f"{result.rejected} rejected, {result.dropped} dropped")
-    print(f"report: {out / 'report.json'}")
-    return 0 if report.ok else 1
+            report = process(inputs, destination, fmt=fmt, rules_path=rules, workers=args.workers,
+                             sink_factory=sink_factory)
+        except (OSError, DestinationError) as exc:
+            raise CommandError(f"writing to {args.out}: {exc}") from None
+    return _output.print_summary(report, destination)
 
 
 def _opener(source: Source, name: str) -> Callable[[], BinaryIO]:
