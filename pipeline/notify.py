@@ -38,8 +38,8 @@ def summary(record: JobRecord, location: str | None = None) -> dict[str, Any]:
     failed = [f for f in record.files if f.state == "failed"]
     return {
         "instance_id": record.instance_id,
-        "job_id": _label(record.job.get("id")),
-        "job_name": _label(record.job.get("name")) or record.instance_id,
+        "job_id": _label(record.job.get("job_id")),
+        "job_name": _label(record.job.get("job_name")) or record.instance_id,
         "submitted_by": _label(record.job.get("submitted_by")) or "unknown",
         "state": record.state,
         "records_out": totals.get("records_out", 0),

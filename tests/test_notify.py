@@ -69,7 +69,7 @@ def finished_record(state: str = "done") -> JobRecord:
         files.append(FileState("BIBS_3.xml", state="failed", attempts=5, error="SFTP: No such file " + "x" * 500))
     return JobRecord(
         instance_id="8816243980004146", state=state,
-        job={"id": "S5139276810004146", "name": "Export Bibliographic Records - Nightly",
+        job={"job_id": "S5139276810004146", "job_name": "Export Bibliographic Records - Nightly",
              "submitted_by": {"value": "jsmith", "desc": "Jane Smith"}},
         files=files, manifest=ManifestState(state="done", location="dropbox:/Alma exports/Nightly/2026-11-20"),
         started_at="2026-11-20T03:13:00.000Z", finished_at="2026-11-20T03:20:00.000Z",

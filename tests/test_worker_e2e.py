@@ -29,6 +29,7 @@ from tests import marcgen
 from tests.fake_alma import FakeAlma
 from tests.fake_dropbox import FakeDropbox, content_hash
 from tests.sftp_server import SftpTestServer
+from tests.test_notify import Receiver
 from tests.worker_proc import fake_dropbox_context
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,8 +147,16 @@ def stored(dropbox: FakeDropbox, prefix: str) -> dict[str, bytes]:
     return files
 
 
-def test_webhook_to_dropbox_outputs_identical_to_process(e2e, alma, dropbox, export_dir, tmp_path):
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_webhook_to_dropbox_outputs_identical_to_process(e2e, alma, dropbox, export_dir, tmp_path, receiver):
     host, _ = e2e
+    os.environ["NOTIFY_URL"] = receiver.url  # clean_env restores it
     instance_id = new_instance(alma, SMALL)
     event = send_webhook(host, instance_id, SMALL)
     invocations = host.drain(timeout=120)
@@ -169,6 +178,11 @@ def test_webhook_to_dropbox_outputs_identical_to_process(e2e, alma, dropbox, exp
     assert manifest["totals"]["records_out"] == sum(f["records_out"] for f in manifest["files"]) > 0
     record = Ledger.from_settings().get(instance_id)
     assert record.state == "done" and all(f.state == "done" and f.attempts == 1 for f in record.files)
+    (note,) = [b["json"] for b in receiver.bodies]  # one summary per finished job instance
+    assert note["pipeline"]["job_name"] == "Export Bibliographic Records"
+    assert note["pipeline"]["submitted_by"] == "System"
+    assert note["pipeline"]["records_out"] == manifest["totals"]["records_out"]
+    assert folder(event) in note["text"]
 
 
 def test_same_webhook_three_times_gives_one_set_of_outputs(e2e, alma, dropbox, export_dir, tmp_path):
@@ -201,8 +215,9 @@ def test_tiny_time_budget_continues_and_gives_identical_output(e2e, alma, dropbo
     assert all(f["parts"] >= 2 for f in manifest["files"])
 
 
-def test_a_file_that_keeps_failing_goes_to_poison_and_the_rest_completes(e2e, alma, dropbox):
+def test_a_file_that_keeps_failing_goes_to_poison_and_the_rest_completes(e2e, alma, dropbox, receiver):
     host, _ = e2e
+    os.environ["NOTIFY_URL"] = receiver.url
     instance_id = new_instance(alma, POISON)
     event = send_webhook(host, instance_id, POISON)
     invocations = host.drain(timeout=120)
@@ -218,6 +233,8 @@ def test_a_file_that_keeps_failing_goes_to_poison_and_the_rest_completes(e2e, al
     record = Ledger.from_settings().get(instance_id)
     bad = record.file(f"{POISON}_2.xml")
     assert record.state == "failed" and bad.state == "failed" and not bad.retryable and bad.error
+    (note,) = [b["json"] for b in receiver.bodies]
+    assert note["pipeline"]["state"] == "failed" and f"{POISON}_2.xml" in note["text"]
 
 
 def _spawn_worker(env: dict[str, str], dropbox: FakeDropbox, idle_exit: float = 4.0) -> subprocess.Popen:
