@@ -14,10 +14,6 @@ E2E_RECORDS (default 100000) sets the total; the export is split in E2E_FILES (d
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import os
 import shutil
 import subprocess
@@ -36,6 +32,7 @@ from pipeline.devhost import DevHost  # noqa: E402
 from pipeline.ledger import Ledger  # noqa: E402
 from pipeline.marc.engine import Input, process  # noqa: E402
 from tests import marcgen  # noqa: E402
+from tests.e2e_support import send_webhook  # noqa: E402
 from tests.fake_alma import FakeAlma  # noqa: E402
 
 RECORDS = int(os.environ.get("E2E_RECORDS", "100000"))
@@ -75,20 +72,6 @@ def start_fake_dropbox() -> tuple[subprocess.Popen, str]:
     return proc, proc.stdout.readline().strip()
 
 
-def send_webhook(host: DevHost, instance_id: str) -> None:
-    event = json.loads((ROOT / "samples" / "events" / "job_end.json").read_text())
-    event["id"] = "evt-" + instance_id
-    event["job_instance"]["id"] = instance_id
-    for counter in event["job_instance"]["counter"]:
-        if counter["type"]["value"] == "c.jobs.bibExport.link":
-            counter["value"] = STEM
-    body = json.dumps(event).encode()
-    sig = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
-    response = host.call_http("alma_webhook", "POST", "http://localhost/api/webhook",
-                              headers={"X-Exl-Signature": sig}, body=body)
-    assert response.status_code == 202, response.get_body()
-
-
 def time_e2e(workers: int, env: dict[str, str], host: DevHost, alma: FakeAlma) -> float:
     for q in QUEUES:
         host.queue(q).clear_messages()
@@ -101,7 +84,7 @@ def time_e2e(workers: int, env: dict[str, str], host: DevHost, alma: FakeAlma) -
         time.sleep(2.0)  # let the workers start (imports) before the clock starts, as warm instances would
         ledger = Ledger.from_settings()
         started = time.perf_counter()
-        send_webhook(host, instance_id)
+        send_webhook(host, instance_id, STEM, SECRET)
         while True:
             record = ledger.get(instance_id)
             if record is not None and record.manifest.state == "done":

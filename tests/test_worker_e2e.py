@@ -5,9 +5,6 @@ functions of function_app.py driven the way the Functions host drives them (pipe
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -26,6 +23,7 @@ from pipeline.hostconfig import HostConfig
 from pipeline.ledger import Ledger
 from pipeline.marc.engine import Input, process
 from tests import marcgen
+from tests.e2e_support import send_webhook
 from tests.fake_alma import FakeAlma
 from tests.fake_dropbox import FakeDropbox, content_hash
 from tests.sftp_server import SftpTestServer
@@ -111,22 +109,6 @@ def new_instance(alma: FakeAlma, stem: str) -> str:
     return instance_id
 
 
-def send_webhook(host: DevHost, instance_id: str, stem: str) -> dict:
-    event = json.loads((ROOT / "samples" / "events" / "job_end.json").read_text())
-    event["id"] = "evt-" + instance_id
-    event["job_instance"]["id"] = instance_id
-    for counter in event["job_instance"]["counter"]:
-        if counter["type"]["value"] == "c.jobs.bibExport.link":
-            counter["value"] = stem
-    body = json.dumps(event, indent=2).encode("utf-8")
-    signature = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
-    response = host.call_http("alma_webhook", "POST", "http://localhost/api/webhook?code=x",
-                              headers={"x-exl-signature": signature, "content-type": "application/json"},
-                              body=body)
-    assert response.status_code == 202, response.get_body()
-    return event
-
-
 def expected_outputs(export_dir: Path, names: list[str], tmp_path: Path) -> dict[str, bytes]:
     """What `process` (the CLI's engine) makes of the same files with the same rules."""
     out = tmp_path / "expected"
@@ -158,7 +140,7 @@ def test_webhook_to_dropbox_outputs_identical_to_process(e2e, alma, dropbox, exp
     host, _ = e2e
     os.environ["NOTIFY_URL"] = receiver.url  # clean_env restores it
     instance_id = new_instance(alma, SMALL)
-    event = send_webhook(host, instance_id, SMALL)
+    event = send_webhook(host, instance_id, SMALL, SECRET)
     invocations = host.drain(timeout=120)
     assert [(i.outcome, i.error) for i in invocations] == [("ok", None)] * len(invocations)
 
@@ -189,7 +171,7 @@ def test_same_webhook_three_times_gives_one_set_of_outputs(e2e, alma, dropbox, e
     host, _ = e2e
     instance_id = new_instance(alma, SMALL)
     for _ in range(3):
-        event = send_webhook(host, instance_id, SMALL)
+        event = send_webhook(host, instance_id, SMALL, SECRET)
     host.drain(timeout=120)
     got = stored(dropbox, folder(event))
     assert set(got) == {f"{SMALL}_1.xml", f"{SMALL}_2.xml", f"{SMALL}_10.xml", "manifest.json"}
@@ -203,7 +185,7 @@ def test_tiny_time_budget_continues_and_gives_identical_output(e2e, alma, dropbo
     host, _ = e2e
     os.environ["WORKER_TIME_BUDGET"] = "0.001"  # clean_env restores it
     instance_id = new_instance(alma, SMALL)
-    event = send_webhook(host, instance_id, SMALL)
+    event = send_webhook(host, instance_id, SMALL, SECRET)
     host.drain(timeout=180)
     record = Ledger.from_settings().get(instance_id)
     assert all(f.state == "done" for f in record.files)
@@ -219,7 +201,7 @@ def test_a_file_that_keeps_failing_goes_to_poison_and_the_rest_completes(e2e, al
     host, _ = e2e
     os.environ["NOTIFY_URL"] = receiver.url
     instance_id = new_instance(alma, POISON)
-    event = send_webhook(host, instance_id, POISON)
+    event = send_webhook(host, instance_id, POISON, SECRET)
     invocations = host.drain(timeout=120)
     assert [i.outcome for i in invocations].count("poison") == 1
     got = stored(dropbox, folder(event))
@@ -247,7 +229,7 @@ def _spawn_worker(env: dict[str, str], dropbox: FakeDropbox, idle_exit: float = 
 def test_two_workers_share_a_split_export_and_do_every_file_once(e2e, alma, dropbox, export_dir, tmp_path):
     host, env = e2e
     instance_id = new_instance(alma, SMALL)
-    event = send_webhook(host, instance_id, SMALL)
+    event = send_webhook(host, instance_id, SMALL, SECRET)
     procs = [_spawn_worker(env, dropbox) for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=240)
@@ -266,7 +248,7 @@ def test_worker_killed_mid_file_completes_after_redelivery(e2e, alma, dropbox, e
     host, env = e2e
     env = {**env, "WORKER_TIME_BUDGET": "1"}  # checkpoints every second; lease = 2 s
     instance_id = new_instance(alma, BIG)
-    event = send_webhook(host, instance_id, BIG)
+    event = send_webhook(host, instance_id, BIG, SECRET)
     proc = _spawn_worker(env, dropbox, idle_exit=60)
     ledger = Ledger.from_settings()
     deadline = time.monotonic() + 120
