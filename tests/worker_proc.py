@@ -60,15 +60,17 @@ def main() -> int:
                    config=HostConfig(max_dequeue_count=args.max_dequeue, visibility_timeout=args.visibility),
                    lease_seconds=args.lease)
     idle_since = time.monotonic()
+    pause = 0.05
     while time.monotonic() - idle_since < args.idle_exit:
         worked = False
         for queue in host.triggers:
             if host.run_once(queue) is not None:
                 worked = True
         if worked:
-            idle_since = time.monotonic()
-        else:
-            time.sleep(0.1)
+            idle_since, pause = time.monotonic(), 0.05
+        else:  # back off like the host's queue listener (up to maxPollingInterval; here 1 s)
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
     return 0
 
 
