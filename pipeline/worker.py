@@ -194,7 +194,7 @@ def plan_export(body: str | bytes, *, dequeue_count: int = 1, max_dequeue: int =
     files = [{"name": e.name, "size": e.size} for e in plan.files]
     record, created = ledger.create_plan(iid, job, files, message=json.loads(body))
     log.info("job instance %s: %s %d file(s) from %s -> %s", iid, "planned" if created else "already planned",
-             len(record.files), plan.location if hasattr(plan, "location") else plan.source, job["destination"])
+             len(record.files), plan.source, job["destination"])
     return [FileMessage(iid, f.name, message.job_id).to_json() for f in record.files if not f.settled()]
 
 
@@ -294,6 +294,8 @@ def process_export_file(body: str | bytes, *, dequeue_count: int = 1, ctx: Conte
         error = result.error
     if error:
         ledger.fail_file(msg.instance_id, msg.file, error, state.attempts, retryable=True, worker_id=ctx.worker_id)
+        if checkpoint:  # the failed run aborted its outputs: a retry starts the file afresh
+            ledger.update(msg.instance_id, lambda r: setattr(r.file(msg.file), "checkpoint", None))
         raise WorkerError(f"job instance {msg.instance_id} file {msg.file}: {error}")
 
     assert result is not None

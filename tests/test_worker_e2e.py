@@ -280,3 +280,44 @@ def test_worker_killed_mid_file_completes_after_redelivery(e2e, alma, dropbox, e
     got.pop("manifest.json")
     names = [f"{BIG}_1.mrc", f"{BIG}_2.mrc"]
     assert got == expected_outputs(export_dir, names, tmp_path)  # complete, correct, no partial or extra file
+
+
+class FlakyDestination(LocalDestination):
+    """Our local folder, except that the first resumed output fails on its first write: a disk or
+    network error in the middle of a continued file."""
+
+    failures = 0
+
+    def resume(self, state):
+        out = super().resume(state)
+        if FlakyDestination.failures == 0:
+            FlakyDestination.failures += 1
+            original = out.write
+
+            def write(data: bytes) -> None:
+                out.write = original
+                raise OSError("simulated write error after a continuation")
+
+            out.write = write
+        return out
+
+
+def test_a_failure_after_a_continuation_restarts_the_file_and_output_is_identical(e2e, alma, export_dir, tmp_path):
+    host, _ = e2e
+    out = tmp_path / "flaky"
+    os.environ["WORKER_TIME_BUDGET"] = "0.001"
+    os.environ["DESTINATION"] = str(out)
+    worker.set_context(worker.Context(destination_factory=lambda url: FlakyDestination(url)))
+    instance_id = new_instance(alma, SMALL)
+    send_webhook(host, instance_id, SMALL, SECRET)
+    invocations = host.drain(timeout=180)
+    assert FlakyDestination.failures == 1
+    assert [i.error for i in invocations if i.outcome == "retry"] == [
+        f"WorkerError: job instance {instance_id} file {SMALL}_1.xml: {SMALL}_1.xml: "
+        "simulated write error after a continuation"]
+    record = Ledger.from_settings().get(instance_id)
+    assert record.state == "done" and record.file(f"{SMALL}_1.xml").attempts == 2
+    names = [f"{SMALL}_1.xml", f"{SMALL}_2.xml", f"{SMALL}_10.xml"]
+    got = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".xml"}
+    assert got == expected_outputs(export_dir, names, tmp_path)
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]  # nothing half-written left behind
