@@ -58,3 +58,17 @@ def test_process_to_dropbox_without_credentials_fails_in_one_line(export, clean_
     assert main(["process", str(export), "--out", "dropbox:/Exports"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "DROPBOX_REFRESH_TOKEN" in err
+
+
+def test_process_tsv_output(export, tmp_path):
+    out = tmp_path / "tsv"
+    assert main(["process", str(export), "--out", str(out), "--format", "tsv", "--columns", "id=001,title=245a"]) == 0
+    lines = (out / "BIBS_1.tsv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "id\ttitle" and len(lines) == 26
+    first = marcgen.records(25, seed=11)[0]
+    assert lines[1].split("\t")[0] == first.id
+
+
+def test_process_tsv_needs_columns(export, tmp_path, capsys):
+    assert main(["process", str(export), "--out", str(tmp_path / "t"), "--format", "tsv"]) == 2
+    assert "--format tsv needs --columns" in capsys.readouterr().err

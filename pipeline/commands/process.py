@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.cli import CommandError, UsageError
 from pipeline.commands import _output
+from pipeline.marc.encoders import TABULAR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,12 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="export files to process")
     _output.add_arguments(parser)
     parser.add_argument("--format", default="marcxml", metavar="FORMAT",
-                        help="marcxml (default), marc21, json (MARC-in-JSON lines), csv, or xslt:PATH")
+                        help="marcxml (default), marc21, json (MARC-in-JSON lines), csv, tsv, or xslt:PATH")
     parser.add_argument("--rules", metavar="FILE", help="rules file applied to every record (docs/rules.md)")
     parser.add_argument("--root", metavar="NAME", help="with --format xslt:PATH: the wrapping element "
                         "(default collection)")
-    parser.add_argument("--columns", metavar="SPEC", help="with --format csv: the columns (docs/rules.md)")
-    parser.add_argument("--join", metavar="TEXT", help="with --format csv: separator for repeated values "
+    parser.add_argument("--columns", metavar="SPEC", help="with --format csv or tsv: the columns (docs/rules.md)")
+    parser.add_argument("--join", metavar="TEXT", help="with --format csv or tsv: separator for repeated values "
                         "(default |)")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="worker processes (default: all cores for inputs over 4 MB, else 1)")
@@ -46,12 +47,12 @@ def _encoder_options(args: argparse.Namespace) -> dict[str, str]:
     fmt = args.format
     if args.root is not None and not fmt.startswith("xslt:"):
         raise UsageError("process: --root only applies to --format xslt:PATH")
-    if (args.columns is not None or args.join is not None) and fmt != "csv":
-        raise UsageError("process: --columns and --join only apply to --format csv")
-    if fmt == "csv" and not args.columns:
-        raise UsageError("process: --format csv needs --columns")
+    if (args.columns is not None or args.join is not None) and fmt not in TABULAR:
+        raise UsageError("process: --columns and --join only apply to --format csv or tsv")
+    if fmt in TABULAR and not args.columns:
+        raise UsageError(f"process: --format {fmt} needs --columns")
     options = {"root": args.root} if fmt.startswith("xslt:") and args.root else {}
-    if fmt == "csv":
+    if fmt in TABULAR:
         options["columns"] = args.columns
         if args.join is not None:
             options["join"] = args.join

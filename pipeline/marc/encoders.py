@@ -1,4 +1,4 @@
-"""The writers' contract and registry: `get_encoder("marcxml" | "marc21" | "json" | "csv" | "xslt:PATH")`.
+"""The writers' contract and registry: `get_encoder("marcxml" | "marc21" | "json" | "csv" | "tsv" | "xslt:PATH")`.
 
 An Encoder is pure (no I/O): `header()`, `encode(record)` and `footer()` return bytes, so parallel
 workers can encode chunks of records and the engine writes them in input order. `encode` raises
@@ -25,7 +25,8 @@ class Encoder(Protocol):
     def footer(self) -> bytes: ...
 
 
-FORMATS = ("marcxml", "marc21", "json", "csv", "xslt:PATH")
+FORMATS = ("marcxml", "marc21", "json", "csv", "tsv", "xslt:PATH")
+TABULAR = ("csv", "tsv")  # formats that take `columns` and `join`
 
 
 class FormatError(ValueError):
@@ -33,7 +34,7 @@ class FormatError(ValueError):
 
 
 def get_encoder(fmt: str, **options: Any) -> Encoder:
-    """Build the encoder for `fmt` with its options (`root` for xslt, `columns`/`join` for csv)."""
+    """Build the encoder for `fmt` with its options (`root` for xslt, `columns`/`join` for csv and tsv)."""
     options = {k: v for k, v in options.items() if v is not None}
     try:
         if fmt == "marcxml":
@@ -55,12 +56,10 @@ def get_encoder(fmt: str, **options: Any) -> Encoder:
             from pipeline.marc.xslt import XsltEncoder
 
             return XsltEncoder(fmt[5:], **options)
-        if fmt == "csv":
-            try:
-                from pipeline.marc.csv_writer import CsvEncoder
-            except ImportError as exc:
-                raise FormatError(f"csv output is not available: {exc}") from None
-            return CsvEncoder(**options)
+        if fmt in TABULAR:
+            from pipeline.marc.csv_writer import CsvEncoder, TsvEncoder
+
+            return (CsvEncoder if fmt == "csv" else TsvEncoder)(**options)
     except TypeError as exc:  # unexpected keyword
         raise FormatError(f"format {fmt}: {exc}") from None
     except ValueError as exc:
