@@ -1,6 +1,6 @@
 """MARC engine benchmark: this engine against pymarc and yaz-marcdump on the same files, same run.
 
-    python bench/marc.py [--records N] [--big-mib MIB] [--skip-big]
+    python bench/marc.py [--records N] [--big-mib MIB] [--skip-big]   (MARC_BENCH_QUICK=1 = --skip-big)
 
 Generates Alma-like records (tests/marcgen.py) into bench/data/ (git-ignored), then runs every
 pipeline in its own process (so peak RSS is that pipeline's own) and prints records/s, peak RSS
@@ -192,7 +192,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10000)
     parser.add_argument("--big-mib", type=int, default=1024)
-    parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--skip-big", action="store_true", default=os.environ.get("MARC_BENCH_QUICK") == "1",
+                        help="skip the 1 GiB flat-memory run (also MARC_BENCH_QUICK=1): the ratios only")
     parser.add_argument("--repeat", type=int, default=3, help="runs per pipeline; the best is shown")
     parser.add_argument("--measure", nargs=3, metavar=("TASK", "IN", "OUT"))
     args = parser.parse_args()

@@ -6,6 +6,10 @@ small inputs) or in a pool of worker processes (large inputs). At most `2 x work
 in flight, so memory stays bounded whatever the input size. Workers build their own encoder and
 load the rules from the path (callables need not be picklable).
 
+Without rules, MARC 21 -> MARC 21 and MARCXML -> MARCXML records that are already in the writer's
+form are copied instead of parsed and re-encoded (`_passthrough`; same bytes, several times faster),
+and their bytes do not travel back from the workers: the main process still holds them.
+
 Every record ends in exactly one of: written, dropped by the rules, or rejected. A rejected record
 goes to `<stem>.rejects.<ext>` in its original form and to `<stem>.rejects.jsonl` with the reason;
 it never stops the stream. A file-level problem (unknown format, XML broken beyond one record, a
@@ -46,7 +50,7 @@ BATCH_BYTES = 512 << 10
 AUTO_PARALLEL_BYTES = 4 << 20  # smaller inputs are not worth starting worker processes
 _REJECT_EXT = {"marcxml": "xml", "marc21": "mrc", "json": "json", "empty": "txt"}
 
-OK, DROP, REJECT, RUN = 0, 1, 2, 3
+OK, DROP, REJECT, RUN, COPY = 0, 1, 2, 3, 4
 
 
 @dataclass
@@ -111,7 +115,9 @@ def run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[int
               want_records: bool) -> tuple[list[tuple], dict[str, int]]:
     """Parse, transform and encode one batch. Outcomes, in order: `(OK, index, data, record)`,
     `(DROP, index)`, `(REJECT, index, stage, error, id)`; without `want_records`, consecutive written
-    records come as one `(RUN, count, data)` (cheaper to send back from a worker).
+    records come as one `(RUN, count, data)` (cheaper to send back from a worker), and consecutive
+    records whose output is their own input bytes plus `suffix` (the pass-through) as `(COPY, count,
+    suffix)`: the main process still holds those bytes, so they need not travel back at all.
 
     The cyclic garbage collector is paused for the batch: records hold no reference cycles (they are
     freed by reference counting), and collections triggered by their many small objects would
@@ -125,9 +131,37 @@ def run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[int
             gc.enable()
 
 
+def _passthrough(work: Work, input_format: str, context: Any,
+                 want_records: bool) -> tuple[Callable[[bytes], bytes | None], bytes] | None:
+    """The pass-through for this batch, if any: `(copy, suffix)`, where `copy(raw)` gives a record's
+    output bytes, less `suffix`, straight from its input bytes (None for a record it cannot vouch
+    for; `raw` itself when the output is `raw + suffix`). Only without rules, without a sink that
+    wants Records, and for exactly the engine's own writer of the input's format: then parse +
+    encode is a round trip, and most records are already in the writer's form."""
+    if work.transform is not None or want_records:
+        return None
+    kind = type(work.encoder)
+    if input_format == "marc21" and kind is marc21.Marc21Encoder:
+        return marc21.passthrough_marc21, b""
+    if (input_format == "marcxml" and kind is marcxml.MarcXmlEncoder
+            and context[0].upper().replace("_", "-") in ("UTF-8", "UTF8", "US-ASCII", "ASCII")):
+        return marcxml.writer_form, b"\n"
+    return None
+
+
 def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[int, Frame]],
                want_records: bool) -> tuple[list[tuple], dict[str, int]]:
-    good = [(i, f) for i, f in batch if f.error is None]
+    passthrough = _passthrough(work, input_format, context, want_records)
+    copied: dict[int, bytes] = {}
+    suffix = b""
+    if passthrough is not None:
+        copy, suffix = passthrough
+        for index, frame in batch:
+            if frame.error is None:
+                data = copy(frame.raw)  # type: ignore[arg-type]  # a frame without error has raw bytes
+                if data is not None:
+                    copied[index] = data
+    good = [(i, f) for i, f in batch if f.error is None and i not in copied]
     parsed = iter(_parse(input_format, context, [f for _, f in good])) if good else iter(())
     encoder, transform = work.encoder, work.transform
     outcomes: list[tuple] = []
@@ -135,6 +169,24 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
         if frame.error is not None:
             outcomes.append((REJECT, index, "read", frame.error, _salvage(input_format, frame.raw)))
             continue
+        if copied:
+            data = copied.get(index)
+            if data is frame.raw:
+                if outcomes and outcomes[-1][0] == COPY:
+                    outcomes[-1] = (COPY, outcomes[-1][1] + 1, suffix)
+                else:
+                    outcomes.append((COPY, 1, suffix))
+                continue
+            if data is not None:
+                if outcomes and outcomes[-1][0] == RUN:
+                    last = outcomes[-1]
+                    last[2].append(data)
+                    outcomes[-1] = (RUN, last[1] + 1, last[2])
+                else:
+                    outcomes.append((RUN, 1, [data]))
+                if suffix:
+                    outcomes[-1][2].append(suffix)
+                continue
         item = next(parsed)
         if isinstance(item, RecordError):
             outcomes.append((REJECT, index, "read", str(item), _salvage(input_format, frame.raw)))
@@ -332,7 +384,15 @@ class _MemberRun:
         n = 0
         for outcome in outcomes:
             kind = outcome[0]
-            if kind == RUN:
+            if kind == COPY:  # output = the input bytes (+ suffix) of the next `count` frames
+                count, suffix = outcome[1], outcome[2]
+                raws = [frame.raw for _, frame in batch[n:n + count]]
+                if suffix:
+                    raws.append(b"")
+                sink.record(None, suffix.join(raws) if suffix else b"".join(raws))  # type: ignore[arg-type]
+                result.records_out += count
+                n += count
+            elif kind == RUN:
                 sink.record(None, outcome[2])
                 result.records_out += outcome[1]
                 n += outcome[1]
