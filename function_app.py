@@ -2,11 +2,12 @@
 
 Importing this module must not read any setting: the host indexes the functions at import time and
 a missing setting would leave it with zero functions. Settings are read per request instead.
+Annotations are real objects (no `from __future__ import annotations`) and multi-message outputs
+use `typing.List`, the form the Functions Python worker documents and checks for.
 """
 
-from __future__ import annotations
-
 import logging
+import typing
 
 import azure.functions as func
 
@@ -15,6 +16,7 @@ from pipeline.events import JOBS_QUEUE
 from pipeline.hostconfig import HostConfig
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+Messages = typing.List[str]  # noqa: UP006 - several queue messages, in the worker's documented form
 HOST = HostConfig.load()  # host.json: maxDequeueCount, so planning knows its last attempt
 logging.getLogger("azure").setLevel(logging.WARNING)  # the storage SDK logs every HTTP call at INFO
 
@@ -39,7 +41,7 @@ def alma_webhook(req: func.HttpRequest, msg: func.Out[str]) -> func.HttpResponse
 @app.function_name("plan_export")
 @app.queue_trigger(arg_name="job", queue_name=JOBS_QUEUE, connection="AzureWebJobsStorage")
 @app.queue_output(arg_name="files", queue_name=worker.FILES_QUEUE, connection="AzureWebJobsStorage")
-def plan_export(job: func.QueueMessage, files: func.Out[list[str]]) -> None:
+def plan_export(job: func.QueueMessage, files: func.Out[Messages]) -> None:
     """Fetch the job instance from Alma, plan its files in the ledger, one message per file."""
     messages = worker.plan_export(job.get_body(), dequeue_count=job.dequeue_count or 1,
                                   max_dequeue=HOST.max_dequeue_count)
@@ -50,7 +52,7 @@ def plan_export(job: func.QueueMessage, files: func.Out[list[str]]) -> None:
 @app.function_name("process_export_file")
 @app.queue_trigger(arg_name="file", queue_name=worker.FILES_QUEUE, connection="AzureWebJobsStorage")
 @app.queue_output(arg_name="more", queue_name=worker.FILES_QUEUE, connection="AzureWebJobsStorage")
-def process_export_file(file: func.QueueMessage, more: func.Out[list[str]]) -> None:
+def process_export_file(file: func.QueueMessage, more: func.Out[Messages]) -> None:
     """Stream one export file source -> reader -> rules -> writer -> destination; continue if out of time."""
     continuation = worker.process_export_file(file.get_body(), dequeue_count=file.dequeue_count or 1)
     if continuation:

@@ -163,3 +163,20 @@ def test_demo_with_an_ignored_event_exits_1(clean_env, capsys, tmp_path):
     path.write_text(json.dumps(data))
     assert main(["demo", "--event", str(path), "--out", str(tmp_path)]) == 1
     assert '"status": "ignored"' in capsys.readouterr().out
+
+
+def test_every_function_has_annotations_the_python_worker_can_bind():
+    """The worker resolves parameter annotations with typing.get_type_hints and checks `func.Out[...]`
+    arguments; PEP 585 `list[str]` inside Out is not recognised by older workers."""
+    import typing
+
+    import azure.functions as func
+
+    from pipeline.devhost import registered_functions
+
+    for name, fn in registered_functions().items():
+        hints = typing.get_type_hints(fn.get_user_function())
+        for param, hint in hints.items():
+            if typing.get_origin(hint) is func.Out:
+                (arg,) = typing.get_args(hint)
+                assert arg is str or arg == typing.List[str], (name, param, hint)  # noqa: UP006
