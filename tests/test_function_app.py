@@ -174,9 +174,12 @@ def test_every_function_has_annotations_the_python_worker_can_bind():
 
     from pipeline.devhost import registered_functions
 
+    outputs = []
     for name, fn in registered_functions().items():
         hints = typing.get_type_hints(fn.get_user_function())
         for param, hint in hints.items():
             if typing.get_origin(hint) is func.Out:
                 (arg,) = typing.get_args(hint)
                 assert arg is str or arg == typing.List[str], (name, param, hint)  # noqa: UP006
+                outputs.append(param)
+    assert sorted(outputs) == ["files", "more", "msg"]  # every output binding was checked
