@@ -8,7 +8,9 @@ load the rules from the path (callables need not be picklable).
 
 Without rules, MARC 21 -> MARC 21 and MARCXML -> MARCXML records that are already in the writer's
 form are copied instead of parsed and re-encoded (`_passthrough`; same bytes, several times faster),
-and their bytes do not travel back from the workers: the main process still holds them.
+and their bytes do not travel back from the workers: the main process still holds them. With rules,
+MARCXML -> MARCXML still re-uses the parsed text of every data field the rules left unchanged
+(`MarcXmlEncoder.encode_reusing`) instead of formatting and escaping it again.
 
 Every record ends in exactly one of: written, dropped by the rules, or rejected. A rejected record
 goes to `<stem>.rejects.<ext>` in its original form and to `<stem>.rejects.jsonl` with the reason;
@@ -31,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -90,9 +93,10 @@ class Work:
         return taken
 
 
-def _parse(input_format: str, context: Any, frames: list[Frame]) -> list[Record | RecordError]:
+def _parse(input_format: str, context: Any, frames: list[Frame],
+           fragments: marcxml.Fragments | None = None) -> list[Record | RecordError]:
     if input_format == "marcxml":
-        return marcxml.parse_marcxml_batch(context, [f.raw for f in frames])
+        return marcxml.parse_marcxml_batch(context, [f.raw for f in frames], fragments)
     parse = marc21.parse_marc21 if input_format == "marc21" else marcjson.parse_json_line
     out: list[Record | RecordError] = []
     for f in frames:
@@ -162,8 +166,14 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
                 if data is not None:
                     copied[index] = data
     good = [(i, f) for i, f in batch if f.error is None and i not in copied]
-    parsed = iter(_parse(input_format, context, [f for _, f in good])) if good else iter(())
     encoder, transform = work.encoder, work.transform
+    encode: Callable[[Record], bytes] = encoder.encode
+    fragments: marcxml.Fragments | None = None
+    if input_format == "marcxml" and type(encoder) is marcxml.MarcXmlEncoder:
+        # MARCXML -> MARCXML: the writer reuses the parsed text of the fields the rules left alone
+        fragments = {}
+        encode = partial(encoder.encode_reusing, fragments=fragments)
+    parsed = iter(_parse(input_format, context, [f for _, f in good], fragments)) if good else iter(())
     outcomes: list[tuple] = []
     for index, frame in batch:
         if frame.error is not None:
@@ -205,7 +215,7 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
                 outcomes.append((DROP, index))
                 continue
         try:
-            data = encoder.encode(record)
+            data = encode(record)
         except RecordError as exc:
             outcomes.append((REJECT, index, "write", str(exc), record.id))
             continue

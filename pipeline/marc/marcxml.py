@@ -12,7 +12,9 @@ when a batch is not well-formed, each record is parsed alone so a broken record 
 
 Writing: a namespaced `collection`, one `record` per line. Characters XML 1.0 forbids (C0 controls
 other than tab/LF/CR, lone surrogates, U+FFFE/U+FFFF) are removed and counted in
-`counters["control_chars_removed"]`.
+`counters["control_chars_removed"]`. A data field parsed by the pattern path whose subfields
+text is already the writer's, and which is unchanged when written, is written from that text
+(`encode_reusing`; same bytes, without formatting and escaping every subfield again).
 """
 
 from __future__ import annotations
@@ -270,18 +272,21 @@ def _document(context: tuple[str, bytes], raws: list[bytes]) -> bytes:
                      *raws, b"</w>"])
 
 
-def parse_marcxml_batch(context: tuple[str, bytes], raws: list[bytes]) -> list[Record | RecordError]:
+def parse_marcxml_batch(context: tuple[str, bytes], raws: list[bytes],
+                        fragments: Fragments | None = None) -> list[Record | RecordError]:
     """Parse framed `record` elements; each item is a Record or the RecordError that rejects it.
 
     Plain records (the shape every MARCXML writer produces) take a strict pattern-matching fast
     path; anything unusual (comments, CDATA, character references, other encodings, anything the
     patterns do not fully account for) goes through lxml, which also gives the error message.
+    `fragments` (optional) collects reusable output text of the fast path's fields (see
+    `_fast_record`) for `MarcXmlEncoder.encode_reusing`.
     """
     out: list[Record | RecordError | None] = [None] * len(raws)
     slow: list[int] = []
     fast = context[0].upper().replace("_", "-") in ("UTF-8", "UTF8", "US-ASCII", "ASCII")
     for i, raw in enumerate(raws):
-        record = _fast_record(raw) if fast else None
+        record = _fast_record(raw, fragments) if fast else None
         if record is None:
             slow.append(i)
         else:
@@ -331,7 +336,12 @@ def _fast_patterns(prefix: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     if pats is None:
         p = re.escape(prefix)
         field = re.compile(
-            rf"<{p}(datafield)((?:\s+[\w.:\-]+={_AV})*)\s*>"
+            # the usual shape first (tag, ind1, ind2 in that order; no blanks between subfields; plain
+            # codes): cheaper to match, and its subfields text is what the writer would write again
+            # when no value holds `>` or &quot;/&apos; (see _fast_record's `fragments`)
+            rf'<{p}datafield tag="([0-9A-Za-z]{{3}})" ind1="([ !#-%\'-;=?-~])" ind2="([ !#-%\'-;=?-~])">'
+            rf'((?:<{p}subfield code="[0-9A-Za-z]">[^<]*</{p}subfield>)*)</{p}datafield>'
+            rf"|<{p}(datafield)((?:\s+[\w.:\-]+={_AV})*)\s*>"
             rf"((?:\s|<{p}subfield code={_AV}>[^<]*</{p}subfield>)*)</{p}datafield>"
             rf"|<{p}controlfield tag=({_AV})>([^<]*)</{p}controlfield>"
             rf"|<{p}(leader)>([^<]*)</{p}leader>"
@@ -358,8 +368,16 @@ def _unescape(value: str) -> str:
     return _ENTITY.sub(lambda m: _ENTITIES[m.group(1)], value) if "&" in value else value
 
 
-def _fast_record(raw: bytes) -> Record | None:
-    """Parse a plain record with patterns, or return None to let lxml decide."""
+Fragments = dict[int, tuple[Field, list[tuple[str, str]], str]]
+
+
+def _fast_record(raw: bytes, fragments: Fragments | None = None) -> Record | None:
+    """Parse a plain record with patterns, or return None to let lxml decide.
+
+    With `fragments`, each data field whose subfields text (without the namespace prefix) is
+    exactly what MarcXmlEncoder writes for its subfields gets an entry `id(field) -> (field, copy
+    of its subfields, that text)`: the encoder reuses the text while the subfields still equal the
+    copy (MarcXmlEncoder.encode_reusing), instead of formatting and escaping them again."""
     if b"\r" in raw or has_illegal_bytes(raw):
         return None  # line-end normalisation and illegal characters: lxml's rules apply
     try:
@@ -380,9 +398,19 @@ def _fast_record(raw: bytes) -> Record | None:
     leader = None
     fields: list[Field] = []
     append = fields.append
-    for is_data, dattrs, dbody, ctag, cval, is_leader, lead, is_empty, eattrs, _space, junk in field_re.findall(
-            text, start.end(), len(text) - len(end)):
-        if is_data:
+    # &quot; and &apos; read as characters the writer does not escape: no text can be reused then
+    reuse = fragments is not None and not prefix and not (amp and ("&quot;" in text or "&apos;" in text))
+    for (ptag, pind1, pind2, pbody, is_data, dattrs, dbody, ctag, cval, is_leader, lead, is_empty, eattrs, _space,
+         junk) in field_re.findall(text, start.end(), len(text) - len(end)):
+        if ptag:
+            subs = sub_re.findall(pbody)
+            if amp and "&" in pbody:
+                subs = [(c, _unescape(v)) for c, v in subs]
+            field = Field(ptag, pind1, pind2, subs)
+            append(field)
+            if reuse and pbody.count(">") == 2 * len(subs):  # no `>` in a value (the writer escapes it)
+                fragments[id(field)] = (field, subs[:], pbody)  # type: ignore[index]
+        elif is_data:
             head = _field_attrs(dattrs)
             if head is None:
                 return None
@@ -549,8 +577,12 @@ _C0 = bytes([*range(0, 9), 11, 12, *range(14, 32)])  # C0 controls XML 1.0 forbi
 
 
 def has_illegal_bytes(data: bytes) -> bool:
-    """Whether UTF-8 `data` holds characters XML 1.0 forbids (bytes.translate: far faster than a regex)."""
-    return len(data.translate(None, _C0)) != len(data) or b"\xef\xbf\xbe" in data or b"\xef\xbf\xbf" in data
+    """Whether UTF-8 `data` holds characters XML 1.0 forbids (bytes.translate: far faster than a regex).
+    U+FFFE/U+FFFF are looked for only when their lead byte 0xEF occurs at all: a one-byte search runs
+    at memchr speed, a three-byte one several times slower (and 0xEF is rare in text)."""
+    if len(data.translate(None, _C0)) != len(data):
+        return True
+    return b"\xef" in data and (b"\xef\xbf\xbe" in data or b"\xef\xbf\xbf" in data)
 
 
 def _esc(value: str) -> str:
@@ -600,9 +632,11 @@ class MarcXmlEncoder:
     def footer(self) -> bytes:
         return b"</collection>\n"
 
-    def _text(self, record: Record) -> str:
+    def _text(self, record: Record, fragments: Fragments | None = None) -> str:
         """The record element, values escaped. Plain subfield codes are formatted in C (starmap);
-        a field whose text shows a markup character in a value is rebuilt with escaping."""
+        a field whose text shows a markup character in a value is rebuilt with escaping. A data
+        field listed in `fragments` whose subfields still equal the parsed copy reuses the parsed text
+        (that text is, by construction, what this loop would produce for them)."""
         leader = record.leader
         if "&" in leader or "<" in leader or ">" in leader:
             leader = _esc(leader)
@@ -620,6 +654,12 @@ class MarcXmlEncoder:
                 append("</controlfield>")
                 continue
             append(data_heads[f.tag, f.ind1, f.ind2])
+            if fragments:
+                hit = fragments.get(id(f))
+                if hit is not None and hit[0] is f and subfields == hit[1]:
+                    append(hit[2])
+                    append("</datafield>")
+                    continue
             codes = "".join(map(_FIRST, subfields))
             inner = None
             if codes.isalnum() and codes.isascii():
@@ -643,7 +683,12 @@ class MarcXmlEncoder:
         return text
 
     def encode(self, record: Record) -> bytes:
-        text = self._text(record)
+        return self.encode_reusing(record, None)
+
+    def encode_reusing(self, record: Record, fragments: Fragments | None) -> bytes:
+        """`encode`, reusing the parsed text of unchanged data fields (see `_fast_record`): MARCXML ->
+        MARCXML with rules re-writes mostly untouched fields, and formatting them is half the cost."""
+        text = self._text(record, fragments)
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates

@@ -75,7 +75,13 @@ def compile_condition(node: Node, *, field_scope: bool = False) -> tuple[Predica
     if kind == "match":
         rx = compile_regex(child["pattern"], child.get("flags"))
         search = rx.search
-        return (lambda x: any(search(v) for v in read(x))), f"{label} matches /{rx.pattern}/"
+
+        def matches(x: Any) -> bool:  # a loop, not any(generator): this runs on every field of every record
+            for v in read(x):
+                if search(v):
+                    return True
+            return False
+        return matches, f"{label} matches /{rx.pattern}/"
     value_node = child["value"]
     value = value_node.text(allow_empty=True)
     if indicator:
@@ -91,5 +97,16 @@ def _combine(node: Node, kind: str, field_scope: bool) -> tuple[Predicate, str]:
     if len(preds) == 1:
         return preds[0], text
     if kind == "all":
-        return (lambda x: all(p(x) for p in preds)), text
-    return (lambda x: any(p(x) for p in preds)), text
+        def every(x: Any) -> bool:  # loops, not all()/any() over a generator (cheaper per call)
+            for p in preds:
+                if not p(x):
+                    return False
+            return True
+        return every, text
+
+    def some(x: Any) -> bool:
+        for p in preds:
+            if p(x):
+                return True
+        return False
+    return some, text
