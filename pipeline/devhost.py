@@ -50,6 +50,39 @@ class Binding:
         return self.value
 
 
+def user_function(name: str) -> Any:
+    """The user function the host would call for `name`."""
+    functions = registered_functions()
+    if name not in functions:
+        raise LookupError(f"function_app has no function named {name}")
+    return functions[name].get_user_function()
+
+
+def queue_outputs(name: str) -> list[str]:
+    """The argument names of function `name`'s queue output bindings."""
+    return [b.get_dict_repr()["name"] for b in registered_functions()[name].get_bindings()
+            if b.get_dict_repr().get("type") == "queue"]
+
+
+@dataclass
+class HttpCall:
+    """What one HTTP invocation produced: the HttpResponse and what each output binding was set to."""
+
+    response: Any
+    outputs: dict[str, Binding]
+
+
+def invoke_http(function: str, method: str, url: str, *, params: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None, body: bytes = b"") -> HttpCall:
+    """Call an HTTP-triggered function the way the host does (a `func.HttpRequest`, an object with
+    `.set()` per output binding); delivers nothing, so it needs no storage."""
+    import azure.functions as func
+
+    req = func.HttpRequest(method=method, url=url, params=params or {}, headers=headers or {}, body=body)
+    outputs = {name: Binding() for name in queue_outputs(function)}
+    return HttpCall(user_function(function)(req, **outputs), outputs)
+
+
 @dataclass
 class Invocation:
     function: str
@@ -138,23 +171,14 @@ class DevHost:
             for item in value if isinstance(value, list) else [value]:
                 self.send(spec["queueName"], item if isinstance(item, str) else item.decode("utf-8"))
 
-    def _output_names(self, fn: Any) -> list[str]:
-        return [b.get_dict_repr()["name"] for b in fn.get_bindings()
-                if b.get_dict_repr().get("type") == "queue"]
-
     # ---- HTTP ----------------------------------------------------------------------------------
 
     def call_http(self, function: str, method: str, url: str, *, params: dict[str, str] | None = None,
-                  headers: dict[str, str] | None = None, body: bytes = b"") -> Any:
-        """Call an HTTP-triggered function and deliver its queue outputs; returns the HttpResponse."""
-        import azure.functions as func
-
-        fn = registered_functions()[function]
-        req = func.HttpRequest(method=method, url=url, params=params or {}, headers=headers or {}, body=body)
-        outputs = {name: Binding() for name in self._output_names(fn)}
-        response = fn.get_user_function()(req, **outputs)
-        self._send_outputs(fn, outputs)
-        return response
+                  headers: dict[str, str] | None = None, body: bytes = b"") -> HttpCall:
+        """`invoke_http`, then deliver its queue outputs as the host does."""
+        call = invoke_http(function, method, url, params=params, headers=headers, body=body)
+        self._send_outputs(registered_functions()[function], call.outputs)
+        return call
 
     # ---- queue triggers ------------------------------------------------------------------------
 
@@ -171,7 +195,7 @@ class DevHost:
         body = m.content if isinstance(m.content, bytes) else str(m.content).encode("utf-8")
         msg = fq.QueueMessage(id=m.id, body=body, dequeue_count=m.dequeue_count, pop_receipt=m.pop_receipt,
                               insertion_time=m.inserted_on, expiration_time=m.expires_on)
-        outputs = {n: Binding() for n in self._output_names(fn)}
+        outputs = {n: Binding() for n in queue_outputs(name)}
         started = time.monotonic()
         lease = _Lease(client, m.id, m.pop_receipt, self.lease_seconds)
         try:

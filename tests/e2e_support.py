@@ -29,6 +29,6 @@ def send_webhook(host: Any, instance_id: str, stem: str, secret: str) -> dict[st
     body = json.dumps(event, indent=2).encode("utf-8")
     response = host.call_http("alma_webhook", "POST", "http://localhost/api/webhook?code=x",
                               headers={"x-exl-signature": sign(secret, body), "content-type": "application/json"},
-                              body=body)
+                              body=body).response
     assert response.status_code == 202, response.get_body()
     return event

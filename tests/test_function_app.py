@@ -17,8 +17,7 @@ import pytest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from pipeline.cli import main
-from pipeline.commands.demo import registered_function
-from pipeline.devhost import registered_functions
+from pipeline.devhost import registered_functions, user_function
 from pipeline.events import parse_queue_message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +44,7 @@ def call(method: str = "POST", body: bytes = b"", params=None, headers=None):
     request = func.HttpRequest(method=method, url="https://example.azurewebsites.net/api/webhook",
                                params={"code": "function-key", **(params or {})}, headers=headers or {}, body=body)
     out = Out()
-    response = registered_function("alma_webhook")(request, out)
+    response = user_function("alma_webhook")(request, out)
     return response, out
 
 

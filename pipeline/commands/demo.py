@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,17 +69,6 @@ def sample_path(xml: bool = False) -> Path:
     return SAMPLES / ("job_end.xml" if xml else "job_end.json")
 
 
-def registered_function(name: str) -> Callable[..., Any]:
-    """The user function the host would call for `name` (via devhost's one cached index of the app:
-    a second `get_functions()` on the same app raises a duplicate-name error)."""
-    from pipeline.devhost import registered_functions
-
-    functions = registered_functions()
-    if name not in functions:
-        raise LookupError(f"function_app has no function named {name}")
-    return functions[name].get_user_function()
-
-
 @contextmanager
 def demo_settings(**values: str) -> Iterator[None]:
     """Set app settings for the duration of the demo and restore them afterwards."""
@@ -95,28 +84,27 @@ def demo_settings(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def webhook_call(call: Any) -> WebhookCall:
+    """The answer and the queue message of one `alma_webhook` invocation (a devhost.HttpCall)."""
+    response = call.response
+    return WebhookCall(status=response.status_code, headers=dict(response.headers),
+                       body=response.get_body().decode("utf-8"), message=call.outputs["msg"].get())
+
+
+def signed_request(body: bytes, content_type: str, secret: str = DEMO_SECRET) -> dict[str, Any]:
+    """Arguments for invoking `alma_webhook` with `body` signed as Alma signs it."""
+    return {"params": {"code": "demo"}, "body": body,
+            "headers": {"Content-Type": content_type, "X-Exl-Signature": sign(secret, body)}}
+
+
 def send_event(body: bytes, secret: str = DEMO_SECRET, content_type: str = "application/json") -> WebhookCall:
-    """POST one signed event to the registered `alma_webhook` the way the host does."""
-    import azure.functions as func
+    """POST one signed event to the registered `alma_webhook` the way the host does (no delivery)."""
+    from pipeline.devhost import invoke_http
 
-    from pipeline.devhost import Binding
-
-    request = func.HttpRequest(
-        method="POST",
-        url=f"{LISTENER_URL}?code=demo",
-        params={"code": "demo"},
-        headers={"Content-Type": content_type, "X-Exl-Signature": sign(secret, body)},
-        body=body,
-    )
-    output = Binding()
     with demo_settings(ALMA_WEBHOOK_SECRET=secret, ALMA_WEBHOOK_ALLOW_UNSIGNED="false"):
-        response = registered_function("alma_webhook")(request, output)
-    return WebhookCall(
-        status=response.status_code,
-        headers=dict(response.headers),
-        body=response.get_body().decode("utf-8"),
-        message=output.get(),
-    )
+        call = invoke_http("alma_webhook", "POST", f"{LISTENER_URL}?code=demo",
+                           **signed_request(body, content_type, secret))
+    return webhook_call(call)
 
 
 def print_call(call: WebhookCall) -> None:
@@ -216,7 +204,6 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline import azurite
     from pipeline.devhost import DevHost
-    from pipeline.events import JOBS_QUEUE
     from pipeline.hostconfig import HostConfig
 
     logging.getLogger("azure").setLevel(logging.WARNING)
@@ -227,14 +214,10 @@ def run(args: argparse.Namespace) -> int:
             host = DevHost(server.connection_string, config=HostConfig(
                 max_dequeue_count=HostConfig.load().max_dequeue_count, visibility_timeout=0))
             print(f"POST {LISTENER_URL}?code=... ({path.name}, {len(body)} bytes, signed with the demo secret)")
-            headers = {"Content-Type": content_type, "X-Exl-Signature": sign(DEMO_SECRET, body)}
-            response = host.call_http("alma_webhook", "POST", f"{LISTENER_URL}?code=demo", params={"code": "demo"},
-                                      headers=headers, body=body)
-            peeked = host.queue(JOBS_QUEUE).peek_messages(max_messages=1)
-            message = peeked[0].content.decode("utf-8") if peeked else None
-            print_call(WebhookCall(response.status_code, dict(response.headers), response.get_body().decode("utf-8"),
-                                   message))
-            if response.status_code != 202:
+            call = webhook_call(host.call_http("alma_webhook", "POST", f"{LISTENER_URL}?code=demo",
+                                               **signed_request(body, content_type)))
+            print_call(call)
+            if call.status != 202:
                 return 1
             return run_pipeline(host, args.out)
     finally:
