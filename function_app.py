@@ -11,13 +11,11 @@ import typing
 
 import azure.functions as func
 
-from pipeline import webhook, worker
+from pipeline import hostconfig, webhook, worker
 from pipeline.events import JOBS_QUEUE
-from pipeline.hostconfig import HostConfig
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 Messages = typing.List[str]  # noqa: UP006 - several queue messages, in the worker's documented form
-HOST = HostConfig.load()  # host.json: maxDequeueCount, so planning knows its last attempt
 logging.getLogger("azure").setLevel(logging.WARNING)  # the storage SDK logs every HTTP call at INFO
 
 
@@ -44,7 +42,7 @@ def alma_webhook(req: func.HttpRequest, msg: func.Out[str]) -> func.HttpResponse
 def plan_export(job: func.QueueMessage, files: func.Out[Messages]) -> None:
     """Fetch the job instance from Alma, plan its files in the ledger, one message per file."""
     messages = worker.plan_export(job.get_body(), dequeue_count=job.dequeue_count or 1,
-                                  max_dequeue=HOST.max_dequeue_count)
+                                  max_dequeue=hostconfig.current().max_dequeue_count)
     if messages:
         files.set(messages)
 

@@ -3,6 +3,7 @@ knows its last attempt), the retry delay, and the function timeout (the worker's
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -39,3 +40,9 @@ class HostConfig:
             visibility_timeout=_timespan_seconds(queues.get("visibilityTimeout", ""), 0.0),
             function_timeout=_timespan_seconds(data.get("functionTimeout", ""), 1800.0),
         )
+
+
+@functools.cache
+def current() -> HostConfig:
+    """The app's own host.json, read once per process (the host reads it once at start too)."""
+    return HostConfig.load()

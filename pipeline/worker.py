@@ -140,9 +140,9 @@ def time_budget() -> float:
     configured = settings.get("WORKER_TIME_BUDGET")
     if configured is not None:
         return float(configured)
-    from pipeline.hostconfig import HostConfig
+    from pipeline.hostconfig import current
 
-    timeout = HostConfig.load().function_timeout
+    timeout = current().function_timeout
     return max(30.0, timeout * 0.8 - 60.0)
 
 

@@ -202,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
     import logging
 
-    from pipeline import azurite
+    from pipeline import azurite, hostconfig
     from pipeline.devhost import DevHost
     from pipeline.hostconfig import HostConfig
 
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with demo_settings(**pipeline_settings(args.out, server.connection_string)):
             host = DevHost(server.connection_string, config=HostConfig(
-                max_dequeue_count=HostConfig.load().max_dequeue_count, visibility_timeout=0))
+                max_dequeue_count=hostconfig.current().max_dequeue_count, visibility_timeout=0))
             print(f"POST {LISTENER_URL}?code=... ({path.name}, {len(body)} bytes, signed with the demo secret)")
             call = webhook_call(host.call_http("alma_webhook", "POST", f"{LISTENER_URL}?code=demo",
                                                **signed_request(body, content_type)))
