@@ -12,7 +12,7 @@ import typing
 import azure.functions as func
 
 from pipeline import hostconfig, webhook, worker
-from pipeline.events import JOBS_QUEUE
+from pipeline.queues import FILES_QUEUE, JOBS_QUEUE
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 Messages = typing.List[str]  # noqa: UP006 - several queue messages, in the worker's documented form
@@ -38,7 +38,7 @@ def alma_webhook(req: func.HttpRequest, msg: func.Out[str]) -> func.HttpResponse
 
 @app.function_name("plan_export")
 @app.queue_trigger(arg_name="job", queue_name=JOBS_QUEUE, connection="AzureWebJobsStorage")
-@app.queue_output(arg_name="files", queue_name=worker.FILES_QUEUE, connection="AzureWebJobsStorage")
+@app.queue_output(arg_name="files", queue_name=FILES_QUEUE, connection="AzureWebJobsStorage")
 def plan_export(job: func.QueueMessage, files: func.Out[Messages]) -> None:
     """Fetch the job instance from Alma, plan its files in the ledger, one message per file."""
     messages = worker.plan_export(job.get_body(), dequeue_count=job.dequeue_count or 1,
@@ -48,8 +48,8 @@ def plan_export(job: func.QueueMessage, files: func.Out[Messages]) -> None:
 
 
 @app.function_name("process_export_file")
-@app.queue_trigger(arg_name="file", queue_name=worker.FILES_QUEUE, connection="AzureWebJobsStorage")
-@app.queue_output(arg_name="more", queue_name=worker.FILES_QUEUE, connection="AzureWebJobsStorage")
+@app.queue_trigger(arg_name="file", queue_name=FILES_QUEUE, connection="AzureWebJobsStorage")
+@app.queue_output(arg_name="more", queue_name=FILES_QUEUE, connection="AzureWebJobsStorage")
 def process_export_file(file: func.QueueMessage, more: func.Out[Messages]) -> None:
     """Stream one export file source -> reader -> rules -> writer -> destination; continue if out of time."""
     continuation = worker.process_export_file(file.get_body(), dequeue_count=file.dequeue_count or 1)
@@ -65,7 +65,7 @@ def export_failed(poison: func.QueueMessage) -> None:
 
 
 @app.function_name("export_file_failed")
-@app.queue_trigger(arg_name="poison", queue_name=f"{worker.FILES_QUEUE}-poison", connection="AzureWebJobsStorage")
+@app.queue_trigger(arg_name="poison", queue_name=f"{FILES_QUEUE}-poison", connection="AzureWebJobsStorage")
 def export_file_failed(poison: func.QueueMessage) -> None:
     """A file message that failed every delivery: the file is failed, the rest of the job goes on."""
-    worker.export_failed(poison.get_body(), worker.FILES_QUEUE, dequeue_count=poison.dequeue_count or 0)
+    worker.export_failed(poison.get_body(), FILES_QUEUE, dequeue_count=poison.dequeue_count or 0)

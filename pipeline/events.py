@@ -18,9 +18,6 @@ from typing import Any
 
 from lxml import etree
 
-JOBS_QUEUE = "alma-export-jobs"
-"""The queue the listener writes to and the planning worker reads."""
-
 MESSAGE_VERSION = 1
 MESSAGE_LIMIT = 24 * 1024
 """Upper bound of a serialised queue message in UTF-8 bytes (the queue allows ~48 KiB after base64)."""

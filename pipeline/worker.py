@@ -32,10 +32,10 @@ from pipeline import events, notify, settings
 from pipeline.destinations import open_destination
 from pipeline.destinations.base import Destination, DestinationError
 from pipeline.ledger import FileState, JobRecord, Ledger
+from pipeline.queues import FILES_QUEUE
 
 log = logging.getLogger(__name__)
 
-FILES_QUEUE = "alma-export-files"
 FILE_MESSAGE_VERSION = 1
 MANIFEST = "manifest.json"
 FAILED = "_FAILED.json"

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-JOBS_QUEUE = "alma-export-jobs"  # the same name as pipeline.events.JOBS_QUEUE (not imported: --help stays light)
+from pipeline.queues import JOBS_QUEUE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
