@@ -247,6 +247,20 @@ def _text(obj: dict[str, Any], key: str, where: str, *, required: bool = False, 
         raise EventError(f"{path} must be a string, got {_kind(value)}")
     if len(value) > limit:
         raise EventError(f"{path} is longer than {limit} characters")
+    return _unicode(value, path, strict=limit <= MAX_ID)
+
+
+def _unicode(value: str, path: str, *, strict: bool) -> str:
+    """JSON's `\\ud800` escapes can carry lone surrogates, which no UTF-8 encoder accepts (the queue
+    message would fail to serialise): an id or code with one is refused, free text gets U+FFFD."""
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        if strict:
+            raise EventError(f"{path} contains a lone surrogate (\\ud800-\\udfff), which is not text") from None
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     return value
 
 
@@ -261,7 +275,7 @@ def _code(obj: dict[str, Any], key: str, where: str, *, required: bool = False) 
     if isinstance(value, str):
         if len(value) > MAX_ID:
             raise EventError(f"{path} is longer than {MAX_ID} characters")
-        return value, ""
+        return _unicode(value, path, strict=True), ""
     if not isinstance(value, dict):
         raise EventError(f"{path} must be an object with a value, got {_kind(value)}")
     code = _text(value, "value", f"{path}.", required=required, limit=MAX_ID)
@@ -302,7 +316,7 @@ def _counters(obj: dict[str, Any], where: str) -> dict[str, str]:
             raise EventError(f"{here}.value must be a string, got {_kind(raw)}")
         if len(count) > MAX_TEXT:
             raise EventError(f"{here}.value is longer than {MAX_TEXT} characters")
-        counters[name] = count
+        counters[name] = _unicode(count, f"{here}.value", strict=False)
     return counters
 
 

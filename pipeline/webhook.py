@@ -42,7 +42,10 @@ MAX_CHALLENGE = 1024
 """Longest accepted challenge in UTF-8 bytes; Alma's challenges are short tokens."""
 SIGNATURE_HEADER = "x-exl-signature"
 
-_JSON_HEADERS = {"Content-Type": "application/json"}
+_JSON_HEADERS = {"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"}
+# The challenge is echoed unsigned: `<`, `>` and `&` are escaped too, so no sniffing client can
+# read markup in the answer (JSON parsers decode the escapes back).
+_HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +58,8 @@ class Response:
 
     @property
     def text(self) -> str:
-        """The body as JSON text (non-ASCII escaped, so any client decodes it)."""
-        return json.dumps(self.body)
+        """The body as JSON text (non-ASCII and `<>&` escaped, so any client decodes it and none sees markup)."""
+        return json.dumps(self.body).translate(_HTML_ESCAPES)
 
 
 @dataclass(frozen=True, slots=True)

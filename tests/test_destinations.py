@@ -14,7 +14,7 @@ from dropbox.dropbox_client import _content_hash as sdk_content_hash
 from pipeline.destinations import open_destination
 from pipeline.destinations.base import DROPBOX_BLOCK, DestinationError, StreamHasher
 from pipeline.destinations.local import LocalDestination
-from pipeline.destinations.paths import destination_url, sanitize_segment
+from pipeline.destinations.paths import MAX_NAME, destination_url, sanitize_segment
 from pipeline.destinations.per_record import PerRecordSink, RecordNamer
 from pipeline.marc.record import Field, Record, RecordError
 from tests.fake_dropbox import content_hash as fake_content_hash
@@ -64,7 +64,7 @@ def test_destination_date_must_be_iso():
 def test_sanitize_segment_limits():
     assert sanitize_segment("a\x00b\tc") == "a_b_c"
     assert sanitize_segment("name. ") == "name"
-    assert len(sanitize_segment("x" * 400)) == 255
+    assert len(sanitize_segment("x" * 400).encode()) == MAX_NAME
     assert sanitize_segment("Thumbs.db") == "_Thumbs.db"
 
 

@@ -82,6 +82,7 @@ def read_records(path: str) -> Iterator[Record | RecordError]:
     """
     from pipeline.marc import marc21, marcjson, marcxml
     from pipeline.marc.detect import max_expanded_default, open_members
+    from pipeline.marc.engine import read_failure
     from pipeline.marc.framing import frames_terminated
     from pipeline.marc.record import RecordError
 
@@ -93,7 +94,10 @@ def read_records(path: str) -> Iterator[Record | RecordError]:
                     if frame.raw is None:
                         yield RecordError(frame.error or "record not read")
                     else:
-                        yield marcxml.parse_marcxml_batch(framer.context(), [frame.raw])[0]
+                        try:
+                            yield marcxml.parse_marcxml_batch(framer.context(), [frame.raw])[0]
+                        except Exception as exc:
+                            yield read_failure(exc)
                 continue
             if member.format not in ("marc21", "json"):
                 continue
@@ -105,8 +109,8 @@ def read_records(path: str) -> Iterator[Record | RecordError]:
                     continue
                 try:
                     yield parse(frame.raw)
-                except RecordError as exc:
-                    yield exc
+                except Exception as exc:  # as in the engine: one record's problem, never the run's
+                    yield read_failure(exc)
 
 
 def run_try(args: argparse.Namespace, out: TextIO | None = None) -> int:

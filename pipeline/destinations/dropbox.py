@@ -194,7 +194,10 @@ class DropboxDestination:
 
     def dropbox_path(self, relpath: str) -> str:
         """The full Dropbox path for `relpath`; every segment made acceptable to Dropbox."""
-        rel = sanitize_path(relpath)
+        try:
+            rel = sanitize_path(relpath)
+        except ValueError as exc:
+            raise DestinationError(f"output path refused: {exc}") from None
         if not rel:
             raise DestinationError(f"output path {relpath!r} is empty")
         return f"{self.root}/{rel}"

@@ -16,16 +16,20 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pipeline.destinations.base import DestinationError, OutputResult, StreamHasher
+from pipeline.destinations.paths import check_path_length, fit_name
 
 _REHASH_BUFFER = 1024 * 1024
 
 
 def safe_relpath(relpath: str) -> str:
-    """Refuse paths that would escape the destination root."""
+    """Refuse paths that would escape the destination root; names over the byte limit are shortened
+    with a stable hash suffix, so the temporary name fits too (destinations/paths.py)."""
     parts = [p for p in relpath.replace("\\", "/").split("/") if p not in ("", ".")]
-    if not parts or any(p == ".." for p in parts):
+    if not parts or any(p == ".." for p in parts) or any("\x00" in p for p in parts):
         raise ValueError(f"output path {relpath!r} is empty or leaves the destination folder")
-    return "/".join(parts)
+    path = "/".join(fit_name(p) for p in parts)
+    check_path_length(path)
+    return path
 
 
 class LocalOutput:

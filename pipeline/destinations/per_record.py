@@ -10,9 +10,11 @@ rename each).
 
 Names come from a template: `{001}` (a control field), `{035a}` (first subfield a of the first 035),
 `{n}` (1-based record number), `{stem}` (the input file's stem). Values are sanitised as one path
-segment. Each file is a complete document: the writer's header + the record + its footer. Names that repeat
-within a run (Dropbox compares case-insensitively) get `~2`, `~3`... before the extension and are
-listed in `duplicates`; a record without the value a template needs is rejected with `RecordError`.
+segment, and a name over the byte limit is shortened with a stable hash suffix (destinations/paths.py);
+a path that stays too long rejects that record. Each file is a complete document: the writer's header
++ the record + its footer. Names that repeat within a run (Dropbox compares case-insensitively) get
+`~2`, `~3`... before the extension and are listed in `duplicates`; a record without the value a
+template needs is rejected with `RecordError`.
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ class RecordNamer:
             if not segment:
                 raise RecordError(f"record has no {name} for the per-record name {self.template!r}")
             out.append(segment)
-        wanted = sanitize_path("".join(out))
+        try:
+            wanted = sanitize_path("".join(out))
+        except ValueError as exc:  # too long even after each name was shortened
+            raise RecordError(f"per-record name from {self.template!r}: {exc}") from None
         if not wanted:
             raise RecordError(f"per-record name from {self.template!r} is empty")
         return self._unique(wanted)

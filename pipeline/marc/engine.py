@@ -95,8 +95,15 @@ class Work:
 
 def _parse(input_format: str, context: Any, frames: list[Frame],
            fragments: marcxml.Fragments | None = None) -> list[Record | RecordError]:
+    """Parse a batch; any exception on one record (a reader bug, RecursionError on absurd nesting)
+    becomes that record's reject, never the file's failure."""
     if input_format == "marcxml":
-        return marcxml.parse_marcxml_batch(context, [f.raw for f in frames], fragments)
+        try:
+            return marcxml.parse_marcxml_batch(context, [f.raw for f in frames], fragments)
+        except Exception as exc:  # find the record that broke the batch: parse one at a time
+            if len(frames) == 1:
+                return [read_failure(exc)]
+            return [item for f in frames for item in _parse(input_format, context, [f], fragments)]
     parse = marc21.parse_marc21 if input_format == "marc21" else marcjson.parse_json_line
     out: list[Record | RecordError] = []
     for f in frames:
@@ -104,7 +111,17 @@ def _parse(input_format: str, context: Any, frames: list[Frame],
             out.append(parse(f.raw))
         except RecordError as exc:
             out.append(exc)
+        except Exception as exc:
+            out.append(read_failure(exc))
     return out
+
+
+def read_failure(exc: Exception) -> RecordError:
+    if isinstance(exc, RecordError):
+        return exc
+    if isinstance(exc, RecursionError):
+        return RecordError("record is nested too deeply to read")
+    return RecordError(f"record could not be read: {type(exc).__name__}: {exc}")
 
 
 def _salvage(input_format: str, raw: bytes | None) -> str | None:
@@ -407,9 +424,14 @@ class _MemberRun:
                 result.records_out += outcome[1]
                 n += outcome[1]
             elif kind == OK:
-                sink.record(outcome[3], outcome[2])
-                result.records_out += 1
                 n += 1
+                try:
+                    sink.record(outcome[3], outcome[2])
+                except RecordError as exc:  # the sink cannot place this record (e.g. its per-record name)
+                    frames = frames if frames is not None else dict(batch)
+                    self._reject(frames[outcome[1]], outcome[1], outcome[3].id, "write", str(exc))
+                    continue
+                result.records_out += 1
             elif kind == DROP:
                 result.dropped += 1
                 n += 1
@@ -418,13 +440,15 @@ class _MemberRun:
                 if frames is None:
                     frames = dict(batch)
                 _, index, stage, error, record_id = outcome
-                frame = frames[index]
-                self.rejects.add(index, frame.offset, record_id, stage, error, frame.raw, self.member.name)
-                result.rejected += 1
-                log.debug("%s: record %d rejected (%s): %s", self.member.name, index, stage, error)
+                self._reject(frames[index], index, record_id, stage, error)
         result.records_in += n
         for key, value in counters.items():
             result.counters[key] = result.counters.get(key, 0) + value
+
+    def _reject(self, frame: Frame, index: int, record_id: str | None, stage: str, error: str) -> None:
+        self.rejects.add(index, frame.offset, record_id, stage, error, frame.raw, self.member.name)
+        self.result.rejected += 1
+        log.debug("%s: record %d rejected (%s): %s", self.member.name, index, stage, error)
 
     def finish(self, complete: bool) -> None:
         if self.sink is None and self.first_index >= self.start_record:
