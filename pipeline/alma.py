@@ -63,9 +63,7 @@ def base_url_from_settings(environ: Mapping[str, str] | None = None) -> str:
     """ALMA_API_BASE_URL wins; otherwise the gateway of ALMA_REGION."""
     explicit = settings.get("ALMA_API_BASE_URL", environ)
     if explicit:
-        if not explicit.startswith(("https://", "http://")):
-            raise SettingError("ALMA_API_BASE_URL", f"must start with https://, got {explicit!r}")
-        return explicit.rstrip("/")
+        return settings.https_url("ALMA_API_BASE_URL", explicit).rstrip("/")
     region = settings.get("ALMA_REGION", environ).lower()
     if region not in REGIONS:
         raise SettingError("ALMA_REGION", f"must be one of {', '.join(REGIONS)}, got {region!r}")

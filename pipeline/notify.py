@@ -5,11 +5,13 @@ body is JSON that both Slack and Teams incoming webhooks show: `text` (what Slac
 MessageCard fields Teams uses (`@type`, `summary`, `title`, `themeColor`, `sections` with facts), and
 the same figures as structured data under `pipeline` for any other receiver. Sending is best effort:
 a timeout or an error is logged and never fails the job, and the URL (which carries a token) is
-never logged, only its host.
+never logged, only its host (the redaction filter in `pipeline.redact` also hides it from the HTTP
+libraries' own DEBUG lines).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 
 MAX_FAILURES_LISTED = 5
 MAX_ERROR_CHARS = 200
+MAX_TIMEOUT = 10.0
+"""Longest wait, in seconds, for the receiver to connect and for each read of its answer."""
+MAX_ANSWER_BYTES = 1024
+"""How much of the receiver's answer is read (for the log line); the rest is never downloaded."""
 
 
 def _label(value: Any) -> str:
@@ -93,27 +99,44 @@ def payload(record: JobRecord, location: str | None = None) -> dict[str, Any]:
 def send(record: JobRecord, location: str | None = None, *, url: str | None = None, timeout: float = 10.0) -> bool:
     """Post the summary to `url` (default: setting NOTIFY_URL). True when the receiver said 2xx.
 
-    Never raises: the job's outcome does not depend on a chat service being up.
+    Never raises: the job's outcome does not depend on a chat service being up. The receiver is not
+    trusted: https only (http to a loopback address for tests), redirects are not followed (a 307
+    would re-POST the summary wherever the receiver points), connect and read each wait at most
+    `MAX_TIMEOUT` seconds, and its answer is read up to `MAX_ANSWER_BYTES` and logged escaped.
     """
     iid = getattr(record, "instance_id", "?")
     host = "?"
+    wait = min(max(timeout, 0.1), MAX_TIMEOUT)
     try:
-        url = url or settings.get("NOTIFY_URL")
+        url = (url or settings.get("NOTIFY_URL") or "").strip()
         if not url:
             log.debug("NOTIFY_URL is not set: no notification for job instance %s", iid)
             return False
         host = urlsplit(url).hostname or "?"
+        settings.https_url("NOTIFY_URL", url)
         body = payload(record, location)
-        response = requests.post(url, json=body, timeout=(timeout, timeout))
+        with requests.post(url, json=body, timeout=(wait, wait), allow_redirects=False, stream=True) as response:
+            answer = response.raw.read(MAX_ANSWER_BYTES, decode_content=True) or b""
+    except settings.SettingError as exc:
+        log.warning("notification for job instance %s not sent: %s", iid, exc)
+        return False
     except requests.RequestException as exc:
         log.warning("notification for job instance %s to %s failed: %s", iid, host, type(exc).__name__)
         return False
     except Exception:  # a bad setting or an odd record must not fail the job either
         log.exception("notification for job instance %s could not be sent", iid)
         return False
-    if not response.ok:
-        log.warning("notification for job instance %s: %s answered %s %s",
-                    iid, host, response.status_code, response.text[:200])
+    if response.is_redirect or not response.ok:
+        what = "redirected (not followed)" if response.is_redirect else "answered"
+        log.warning("notification for job instance %s: %s %s %s %s", iid, host, what, response.status_code,
+                    quote(answer.decode("utf-8", "replace")))
         return False
     log.info("notification for job instance %s sent to %s", iid, host)
     return True
+
+
+def quote(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Text from a receiver, safe for one log line: cut to `limit` characters, then JSON-quoted, so a
+    newline or a control character in it can never start a forged line."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return json.dumps(cut, ensure_ascii=True)

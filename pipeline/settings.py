@@ -10,11 +10,13 @@ checked against it by the tests.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class SettingError(ValueError):
@@ -35,6 +37,7 @@ class Setting:
     example: str = ""
     minimum: float | None = None
     maximum: float | None = None
+    strip: bool = True  # surrounding whitespace removed (not for a value whose exact bytes matter)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -52,8 +55,9 @@ REGISTRY: dict[str, Setting] = {
                 "AzureWebJobsStorage); the app's identity needs blob and queue data roles.", "almaexportstore"),
         # Webhook (issue: foundation and webhook)
         Setting("ALMA_WEBHOOK_SECRET", "secret", None,
-                "Secret of the Alma webhook integration profile; signs every event (X-Exl-Signature).",
-                "change-me-to-the-profile-secret"),
+                "Secret of the Alma webhook integration profile; signs every event (X-Exl-Signature). Used "
+                "exactly as set, spaces included (other settings are trimmed).",
+                "change-me-to-the-profile-secret", strip=False),
         Setting("ALMA_WEBHOOK_ALLOW_UNSIGNED", "bool", False,
                 "Accept unsigned events. Local experiments only; logged as a warning on every request.",
                 "false"),
@@ -70,7 +74,8 @@ REGISTRY: dict[str, Setting] = {
         Setting("ALMA_REGION", "str", "na",
                 "Alma API region: na, eu, ap, aps, ca, cn (ignored when ALMA_API_BASE_URL is set).", "eu"),
         Setting("ALMA_API_BASE_URL", "str", None,
-                "Alma API base URL; overrides ALMA_REGION.", "https://api-eu.hosted.exlibrisgroup.com"),
+                "Alma API base URL (https; http only to a loopback address); overrides ALMA_REGION.",
+                "https://api-eu.hosted.exlibrisgroup.com"),
         Setting("ALMA_API_TIMEOUT", "float", 30.0,
                 "Seconds to wait for one Alma API answer.", "30", minimum=1, maximum=300),
         # Export sources
@@ -96,6 +101,9 @@ REGISTRY: dict[str, Setting] = {
         Setting("TRANSFORM_RULES", "str", None,
                 "Path (inside the app) of a rules file applied to every record.",
                 "samples/rules/discovery-cleanup.yaml"),
+        Setting("RULES_ALLOW_PYTHON", "bool", False,
+                "Allow `python:` hooks in the rules file. A hook is arbitrary code running with every app "
+                "setting and secret; off by default, so a rules file is data.", "false"),
         Setting("OUTPUT_FORMAT", "str", "marcxml",
                 "Output format: marcxml, marc21, json, csv, xslt:PATH.", "marcxml"),
         Setting("MAX_EXPANDED_MIB", "int", 20480,
@@ -121,24 +129,25 @@ REGISTRY: dict[str, Setting] = {
                 "Seconds one invocation may work on a file before it checkpoints and continues in a new "
                 "message; default derived from host.json functionTimeout.", "540", minimum=0.001),
         Setting("NOTIFY_URL", "secret", None,
-                "Teams/Slack incoming webhook or any URL that receives a summary per finished job.",
+                "Teams/Slack incoming webhook or any URL that receives a summary per finished job (https; "
+                "http only to a loopback address; redirects are not followed).",
                 "https://example.webhook.office.com/..."),
     ]
 }
 
 
-def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:
+def _raw(name: str, environ: Mapping[str, str] | None, strip: bool = True) -> str | None:
     env = os.environ if environ is None else environ
     value = env.get(name)
     if value is None or value.strip() == "":
         return None
-    return value.strip()
+    return value.strip() if strip else value
 
 
 def get(name: str, environ: Mapping[str, str] | None = None) -> Any:
     """Return the parsed value of a registered setting, or its default when unset."""
     setting = REGISTRY[name]
-    raw = _raw(name, environ)
+    raw = _raw(name, environ, setting.strip)
     if raw is None:
         return setting.default
     return parse(setting, raw)
@@ -150,6 +159,37 @@ def require(name: str, environ: Mapping[str, str] | None = None) -> Any:
     if value is None:
         raise SettingError(name, "is not set (" + REGISTRY[name].help + ")")
     return value
+
+
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+def is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or localhost: a stand-in on this machine (tests, the demo)."""
+    if not host:
+        return False
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def https_url(name: str, url: str) -> str:
+    """`url` when it is https, or http to a loopback address; else `SettingError`. The message names
+    the scheme and host only: some URLs (NOTIFY_URL) carry a token in their path."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise SettingError(name, "is not a URL") from None
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http" and is_loopback(host):
+        return url
+    raise SettingError(name, f"must start with https:// (http:// only to a loopback address), got "
+                             f"{parts.scheme or 'no'} scheme for host {host or '(none)'}")
 
 
 def parse(setting: Setting, raw: str) -> Any:

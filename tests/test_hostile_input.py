@@ -90,3 +90,35 @@ def test_a_marc_json_line_nested_100000_deep_rejects_that_record_only(tmp_path):
     assert ids == [r.control("001") for r in good]
     (entry,) = [json.loads(line) for line in (tmp_path / "deep.rejects.jsonl").read_text().splitlines()]
     assert entry["stage"] == "read" and "nested too deeply" in entry["error"]
+
+
+# -- settings (finding 8) ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://api-eu.hosted.exlibrisgroup.com", "http://10.1.2.3:8080",
+                                 "ftp://api-eu.hosted.exlibrisgroup.com", "//api-eu.hosted.exlibrisgroup.com"])
+def test_alma_api_base_url_must_be_https(url):
+    from pipeline.alma import base_url_from_settings
+    from pipeline.settings import SettingError
+
+    with pytest.raises(SettingError, match="ALMA_API_BASE_URL: must start with https://"):
+        base_url_from_settings({"ALMA_API_BASE_URL": url})
+
+
+@pytest.mark.parametrize("url", ["https://alma.example.edu/", "http://127.0.0.1:8123", "http://localhost:9",
+                                 "http://[::1]:80"])
+def test_alma_api_base_url_accepts_https_and_loopback_stand_ins(url):
+    from pipeline.alma import base_url_from_settings
+
+    assert base_url_from_settings({"ALMA_API_BASE_URL": url}) == url.rstrip("/")
+
+
+def test_a_webhook_secret_with_edge_spaces_verifies_as_alma_signs_it():
+    secret = "  profile secret with spaces  "
+    body = json.dumps(SAMPLE).encode()
+    signature = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+    result = handle("POST", {}, {"X-Exl-Signature": signature}, body, environ={"ALMA_WEBHOOK_SECRET": secret})
+    assert result.response.status == 202
+    trimmed = base64.b64encode(hmac.new(secret.strip().encode(), body, hashlib.sha256).digest()).decode()
+    result = handle("POST", {}, {"X-Exl-Signature": trimmed}, body, environ={"ALMA_WEBHOOK_SECRET": secret})
+    assert result.response.status == 401

@@ -22,6 +22,8 @@ class Receiver:
 
     def __init__(self) -> None:
         self.status = 200
+        self.answer: bytes | None = None
+        self.headers: dict[str, str] = {}
         self.bodies: list[dict] = []
         self.hold = threading.Event()
         self.release = threading.Event()
@@ -36,8 +38,13 @@ class Receiver:
                     receiver.release.wait(30)
                 self.send_response(receiver.status)
                 self.send_header("Content-Type", "text/plain")
+                for name, value in receiver.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(b"ok" if receiver.status == 200 else b"invalid_payload")
+                if receiver.answer is not None:
+                    self.wfile.write(receiver.answer)
+                else:
+                    self.wfile.write(b"ok" if receiver.status == 200 else b"invalid_payload")
 
             def log_message(self, *args) -> None:
                 pass
@@ -108,7 +115,7 @@ def test_a_receiver_error_is_logged_without_the_secret_url(receiver, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.notify"):
         assert notify.send(finished_record(), url=receiver.url) is False
     assert len(receiver.bodies) == 1
-    assert "127.0.0.1 answered 500 invalid_payload" in caplog.text
+    assert '127.0.0.1 answered 500 "invalid_payload"' in caplog.text
     assert "secret-token" not in caplog.text
 
 
@@ -134,10 +141,54 @@ def test_unset_or_unusable_urls_never_raise(clean_env, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.notify"):
         assert notify.send(finished_record(), url="not a url") is False
         assert notify.send(finished_record(), url="ftp://127.0.0.1/x") is False
-    assert caplog.text.count("failed: ") == 2
+    assert caplog.text.count("not sent: setting NOTIFY_URL: must start with https://") == 2
     assert notify.send(None, url="http://127.0.0.1:9/x") is False  # even a caller's bug is only logged
     odd = finished_record()
     odd.files[0].result = {"records_out": "many"}  # ignored by totals, still a message
     odd.job = {"name": None, "submitted_by": None}
     text = notify.payload(odd)["text"]
     assert 'Alma export "8816243980004146" finished: 8,213 records out' in text and "submitted by unknown" in text
+
+
+# -- the receiver is not trusted (issue 12, finding 7) -------------------------------------------------
+
+
+def test_a_redirect_is_not_followed_so_the_summary_never_reaches_another_address(caplog):
+    first, elsewhere = Receiver(), Receiver()
+    try:
+        first.status = 307
+        first.headers = {"Location": elsewhere.url}
+        with caplog.at_level(logging.WARNING, logger="pipeline.notify"):
+            assert notify.send(finished_record(), url=first.url) is False
+        assert len(first.bodies) == 1
+        assert elsewhere.bodies == []  # requests would have re-POSTed the body here
+        assert "redirected (not followed) 307" in caplog.text
+    finally:
+        first.close()
+        elsewhere.close()
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example.com/services/T/B/secret-token",
+                                 "http://10.0.0.5/services/secret-token", "http://[::ffff:10.0.0.1]/secret-token"])
+def test_plain_http_is_refused_except_to_a_loopback_address(url, caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.notify"):
+        assert notify.send(finished_record(), url=url) is False
+    assert "must start with https://" in caplog.text and "secret-token" not in caplog.text
+
+
+def test_receiver_text_is_escaped_and_truncated_in_the_log(receiver, caplog):
+    receiver.status = 400
+    receiver.answer = b"bad\nWARNING forged line\r\n\x1b[31m" + b"x" * 5000
+    with caplog.at_level(logging.WARNING, logger="pipeline.notify"):
+        assert notify.send(finished_record(), url=receiver.url) is False
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "pipeline.notify"]
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert "\\nWARNING forged line" in line  # still readable, as an escape
+    assert len(line) < 400
+
+
+def test_the_url_setting_is_checked_when_sent(receiver, clean_env, caplog):
+    clean_env.setenv("NOTIFY_URL", receiver.url + "  ")
+    assert notify.send(finished_record()) is True  # loopback http, trimmed
+    clean_env.setenv("NOTIFY_URL", "http://hooks.example.com/x")
+    assert notify.send(finished_record()) is False

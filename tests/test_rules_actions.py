@@ -258,20 +258,21 @@ def test_sort_fields_is_stable_by_tag():
 
 
 def test_python_hook_edits_and_drops():
-    ruleset = compile_text('- python: "rules_support:add_local_note"\n- python: "rules_support:drop_serials"')
+    ruleset = compile_text('- python: "rules_support:add_local_note"\n- python: "rules_support:drop_serials"',
+                           allow_python=True)
     out = ruleset(mrk(REC))
     assert r"=590  \\$achecked 9912345" in body(out)
     assert ruleset(mrk(SERIAL)) is None
 
 
 def test_python_hook_using_pymarc():
-    out = compile_text('- python: "rules_support:via_pymarc"')(mrk(REC))
+    out = compile_text('- python: "rules_support:via_pymarc"', allow_python=True)(mrk(REC))
     assert not any(line.startswith("=500") for line in body(out))
     assert "=001  9912345" in body(out)
 
 
 def test_python_hook_failure_rejects_only_that_record_with_the_rule_number():
-    ruleset = compile_text('- remove: 9XX\n- python: "rules_support:explode_on_bad"')
+    ruleset = compile_text('- remove: 9XX\n- python: "rules_support:explode_on_bad"', allow_python=True)
     good = ruleset(mrk("=001  ok1\n=245  00$aT"))
     assert body(good) == ["=001  ok1", "=245  00$aT"]
     with pytest.raises(RecordError, match=r"^rule 2 \(python\): ValueError: cannot handle bad7$"):
@@ -281,7 +282,7 @@ def test_python_hook_failure_rejects_only_that_record_with_the_rule_number():
 
 def test_python_hook_returning_garbage_is_a_record_error():
     with pytest.raises(RecordError, match=r"rule 1 \(python\): rules_support:return_garbage returned str"):
-        compile_text('- python: "rules_support:return_garbage"')(mrk(REC))
+        compile_text('- python: "rules_support:return_garbage"', allow_python=True)(mrk(REC))
 
 
 # -- the set as a whole ------------------------------------------------------------------

@@ -32,6 +32,12 @@ rules:
 """
 
 
+@pytest.fixture(autouse=True)
+def allow_hooks(monkeypatch):
+    """RULES above uses a python: hook, which the operator must allow (RULES_ALLOW_PYTHON)."""
+    monkeypatch.setenv("RULES_ALLOW_PYTHON", "true")
+
+
 def records(n: int = 24) -> list[Record]:
     """Varied records: some without 001 (the add is skipped), one the hook rejects, some dropped."""
     out = []

@@ -52,11 +52,11 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _load(file: str) -> RuleSet | None:
+def _load(file: str, *, import_hooks: bool = True) -> RuleSet | None:
     from pipeline.rules import RulesError, load_rules
 
     try:
-        return load_rules(file)
+        return load_rules(file, import_hooks=import_hooks)
     except RulesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -65,7 +65,7 @@ def _load(file: str) -> RuleSet | None:
 def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Validate and describe; exit 2 on the first error."""
     out = out or sys.stdout
-    ruleset = _load(args.file)
+    ruleset = _load(args.file, import_hooks=False)  # checking must never run a hook's code
     if ruleset is None:
         return 2
     count = len(ruleset)

@@ -515,15 +515,44 @@ def build_sort(node: Node, where: Predicate | None) -> Built:
     return sort, "sort fields by tag (stable: fields with the same tag keep their order)"
 
 
-def build_python(node: Node, where: Predicate | None, base_dir: str | None = None) -> Built:
+_IDENT = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+HOOKS_OFF = ("python: hooks run arbitrary Python code with the app's settings and secrets, so they are off; "
+             "rules are data unless the operator sets RULES_ALLOW_PYTHON=true")
+
+
+def python_allowed(allow: bool | None) -> bool:
+    """The caller's explicit choice, else the RULES_ALLOW_PYTHON setting (off by default)."""
+    if allow is not None:
+        return allow
+    from pipeline import settings
+
+    return bool(settings.get("RULES_ALLOW_PYTHON"))
+
+
+def build_python(node: Node, where: Predicate | None, base_dir: str | None = None, *, allow: bool | None = None,
+                 load: bool = True) -> Built:
+    """A hook is code, not data: refused unless allowed (`allow`, default RULES_ALLOW_PYTHON); with
+    `load` False (`rules check`) the module is never imported, so checking a file runs nothing."""
     spec = node.text()
     module_name, sep, func_name = spec.partition(":")
     if not sep or not module_name or not func_name:
         raise node.fail(f"{spec!r}: write module:function, e.g. mylib_rules:fix_record")
+    if not _IDENT.match(module_name) or not func_name.isidentifier():
+        raise node.fail(f"{spec!r}: module and function must be Python names, e.g. mylib_rules:fix_record")
+    if not python_allowed(allow):
+        raise node.fail(HOOKS_OFF)
+    if not load:
+        def not_loaded(rec: Record, trace: Trace) -> Record | None:
+            raise RecordError(f"{spec} was checked, not imported; load the rules to run it")
+        return not_loaded, f"call {spec}(record) [Python code: not imported by check]"
     func = _import(node, module_name, func_name, base_dir)
 
     def python(rec: Record, trace: Trace) -> Record | None:
-        result = func(rec)
+        try:
+            result = func(rec)
+        except SystemExit as exc:  # a hook ending the process costs this record, never the run
+            raise RecordError(f"{spec} raised SystemExit({exc.code!r})") from None
         if result is None:
             if trace is not None:
                 trace.append(f"dropped by {spec}")

@@ -54,6 +54,7 @@ class RuleSet:
         self._text = text
         self._json = json_syntax
         self._base_dir: str | None = None
+        self._allow_python: bool | None = None
         self._steps = tuple((r.label, r.step) for r in rules)
 
     def __len__(self) -> int:
@@ -111,15 +112,19 @@ class RuleSet:
         """Pickle as the source text, recompiled on load (worker processes get the same rules)."""
         if self._text is None:
             raise TypeError("a RuleSet compiled from data cannot be pickled; load it from text or a file")
-        return (_from_text, (self._text, self.source, self._json, self._base_dir))
+        return (_from_text, (self._text, self.source, self._json, self._base_dir, self._allow_python))
 
 
-def _from_text(text: str, source: str | None, json_syntax: bool, base_dir: str | None) -> RuleSet:
-    return compile_text(text, source=source, json_syntax=json_syntax, base_dir=base_dir)
+def _from_text(text: str, source: str | None, json_syntax: bool, base_dir: str | None,
+               allow_python: bool | None = None) -> RuleSet:
+    return compile_text(text, source=source, json_syntax=json_syntax, base_dir=base_dir, allow_python=allow_python)
 
 
-def compile_rules(data: Any, *, source: str | None = None, base_dir: str | None = None) -> RuleSet:
-    """Compile a parsed rules document (as read by the loader, or plain dicts/lists)."""
+def compile_rules(data: Any, *, source: str | None = None, base_dir: str | None = None,
+                  allow_python: bool | None = None, import_hooks: bool = True) -> RuleSet:
+    """Compile a parsed rules document (as read by the loader, or plain dicts/lists). `python:` hooks
+    need `allow_python` (default: the RULES_ALLOW_PYTHON setting); `import_hooks=False` checks them
+    without importing their modules."""
     ctx = RuleContext(None, source=source)
     doc = Node(ctx, data, "", getattr(data, "line", None))
     if data is None:
@@ -142,15 +147,19 @@ def compile_rules(data: Any, *, source: str | None = None, base_dir: str | None 
     for i, item in enumerate(items):
         line = lines[i] if i < len(lines) else None
         try:
-            compiled.append(compile_rule(item, number=i + 1, line=line, source=source, base_dir=base_dir))
+            compiled.append(compile_rule(item, number=i + 1, line=line, source=source, base_dir=base_dir,
+                                         allow_python=allow_python, import_hooks=import_hooks))
         except RecursionError:  # `not: {not: ...}` thousands deep, or a YAML alias that contains itself
             raise RulesError("conditions are nested too deeply (or refer to themselves through a YAML alias)",
                              rule=i + 1, line=line, source=source) from None
-    return RuleSet(compiled, source=source)
+    ruleset = RuleSet(compiled, source=source)
+    ruleset._allow_python = allow_python
+    return ruleset
 
 
 def compile_rule(item: Any, *, number: int, line: int | None = None, source: str | None = None,
-                 base_dir: str | None = None) -> CompiledRule:
+                 base_dir: str | None = None, allow_python: bool | None = None,
+                 import_hooks: bool = True) -> CompiledRule:
     """Compile one rule mapping; errors name the rule number, action and key."""
     ctx = RuleContext(number, source=source)
     node = Node(ctx, item, "", line)
@@ -198,7 +207,7 @@ def compile_rule(item: Any, *, number: int, line: int | None = None, source: str
             conds.append((key, pred, text))
 
     if action == "python":
-        fn, describe = BUILDERS[action](action_node, where, base_dir)
+        fn, describe = BUILDERS[action](action_node, where, base_dir, allow=allow_python, load=import_hooks)
     else:
         fn, describe = BUILDERS[action](action_node, where)
     if action == "drop" and not conds:
@@ -244,22 +253,25 @@ def _guard(fn: ActionFn, conds: list[tuple[str, Callable[[Any], bool], str]]) ->
 
 
 def compile_text(text: str, *, source: str | None = None, json_syntax: bool = False,
-                 base_dir: str | None = None) -> RuleSet:
+                 base_dir: str | None = None, allow_python: bool | None = None) -> RuleSet:
     """Parse and compile rules text (YAML, or JSON when `json_syntax`)."""
     try:
         data = parse_text(text, json_syntax=json_syntax)
     except RulesError as exc:
         raise exc.with_source(source) if source else exc from None
-    ruleset = compile_rules(data, source=source, base_dir=base_dir)
+    ruleset = compile_rules(data, source=source, base_dir=base_dir, allow_python=allow_python)
     ruleset._text, ruleset._json, ruleset._base_dir = text, json_syntax, base_dir
     return ruleset
 
 
-def load_rules(path: str | os.PathLike[str]) -> RuleSet:
-    """Load and compile a rules file (YAML, or JSON by extension); raise `RulesError` if malformed."""
+def load_rules(path: str | os.PathLike[str], *, allow_python: bool | None = None,
+               import_hooks: bool = True) -> RuleSet:
+    """Load and compile a rules file (YAML, or JSON by extension); raise `RulesError` if malformed.
+    `import_hooks=False` (`rules check`) validates `python:` hooks without importing them."""
     text, data = read_file(path)
     source = str(path)
     base_dir = os.path.dirname(os.path.abspath(source))
-    ruleset = compile_rules(data, source=source, base_dir=base_dir)
+    ruleset = compile_rules(data, source=source, base_dir=base_dir, allow_python=allow_python,
+                            import_hooks=import_hooks)
     ruleset._text, ruleset._json, ruleset._base_dir = text, source.lower().endswith(".json"), base_dir
     return ruleset
