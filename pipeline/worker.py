@@ -193,6 +193,8 @@ def plan_export(body: str | bytes, *, dequeue_count: int = 1, max_dequeue: int =
 
     files = [{"name": e.name, "size": e.size} for e in plan.files]
     record, created = ledger.create_plan(iid, job, files, message=json.loads(body))
+    if existing is not None and existing.state == "failed":  # a requeued planning failure now planned
+        _clear_failed(ctx, job["destination"], FAILED)
     log.info("job instance %s: %s %d file(s) from %s -> %s", iid, "planned" if created else "already planned",
              len(record.files), plan.source, job["destination"])
     return [FileMessage(iid, f.name, message.job_id).to_json() for f in record.files if not f.settled()]
@@ -317,6 +319,8 @@ def process_export_file(body: str | bytes, *, dequeue_count: int = 1, ctx: Conte
     last = ledger.finish_file(msg.instance_id, msg.file, summary, worker_id=ctx.worker_id)
     log.info("job instance %s file %s done: %d records out, %d rejected, %d dropped", msg.instance_id, msg.file,
              summary["records_out"], summary["rejected"], summary["dropped"])
+    if state.error:  # it failed before (a requeue, or a retry after poison): its _FAILED.json is stale now
+        _clear_failed(ctx, job["destination"], f"{msg.file}{FAILED}")
     if last:
         _write_manifest(ctx, msg.instance_id)
     return []
@@ -415,6 +419,19 @@ def _write_failed(ctx: Context, record: JobRecord, file: FileState | None, error
             name, json.dumps(body, indent=2, ensure_ascii=False).encode("utf-8") + b"\n")
     except Exception as exc:  # the failure record in the ledger is what counts; this is for people
         log.error("could not write %s for job instance %s: %s", name, record.instance_id, exc)
+
+
+def _clear_failed(ctx: Context, dest_url: str | None, name: str) -> None:
+    """Remove a failure marker a successful re-run made stale; best effort, like writing it."""
+    if not dest_url:
+        return
+    try:
+        destination = ctx.destination_factory(dest_url)
+        remove = getattr(destination, "delete", None)
+        if remove is not None and remove(name):
+            log.info("removed stale %s at %s", name, destination.location(name))
+    except Exception as exc:
+        log.warning("could not remove stale %s: %s", name, exc)
 
 
 def export_failed(body: str | bytes, queue: str, *, dequeue_count: int = 0, ctx: Context | None = None) -> None:

@@ -504,6 +504,15 @@ class FakeDropbox:
                         "path_display": arg["path"]}
         raise route_error(["path", "not_found"], {".tag": "path", "path": {".tag": "not_found"}})
 
+    def _r_files_delete_v2(self, ns: str, arg: dict[str, Any], body: bytes) -> Any:
+        key = (ns, arg["path"].lower())
+        with self._lock:
+            stored = self.files.pop(key, None)
+        if stored is None:
+            raise route_error(["path_lookup", "not_found"],
+                              {".tag": "path_lookup", "path_lookup": {".tag": "not_found"}})
+        return {"metadata": stored.metadata()}
+
     def _r_users_get_current_account(self, ns: str, arg: Any, body: bytes) -> Any:
         if self.team:
             root_info = {".tag": "team", "root_namespace_id": TEAM_NS, "home_namespace_id": USER_NS,

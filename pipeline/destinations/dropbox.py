@@ -219,6 +219,18 @@ class DropboxDestination:
             out.abort()
             raise
 
+    def delete(self, relpath: str, *, deadline: float | None = None) -> bool:
+        """Remove a file (a stale `_FAILED.json`); False when it was not there."""
+        path = self.dropbox_path(relpath)
+        try:
+            self.call("files/delete_v2", self.client().files_delete_v2, path, deadline=deadline)
+        except ApiError as exc:
+            err = exc.error
+            if err is not None and err.is_path_lookup() and err.get_path_lookup().is_not_found():
+                return False
+            raise self.api_failure("files/delete_v2", path, exc) from None
+        return True
+
     def resume(self, state: dict[str, Any], *, deadline: float | None = None) -> DropboxOutput:
         """Continue an output from `DropboxOutput.checkpoint()` (possibly in another process)."""
         if state.get("kind") != "dropbox":

@@ -119,6 +119,14 @@ class LocalDestination:
                 f"cannot resume {final}: {part} holds {size} bytes, fewer than the {position} checkpointed")
         return LocalOutput(final, rel, _resume_part=part, _resume_position=position)
 
+    def delete(self, relpath: str) -> bool:
+        """Remove a file (a stale `_FAILED.json`); False when it was not there."""
+        try:
+            (self.root / safe_relpath(relpath)).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def write_bytes(self, relpath: str, data: bytes) -> OutputResult:
         out = self.open(relpath)
         try:
