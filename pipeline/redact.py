@@ -30,13 +30,27 @@ _installed: Callable[..., logging.LogRecord] | None = None
 _lock = threading.Lock()
 
 
+_SECRET_NAMES = tuple(name for name, s in settings.REGISTRY.items() if s.kind == "secret")
+_cache: list[Any] = [None, {}]  # (raw values, what they gave): the environment rarely changes
+
+
 def secret_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """value -> what it is called in the redacted text, for every secret that is set."""
     env = os.environ if environ is None else environ
+    raws = tuple(env.get(name) for name in _SECRET_NAMES)
+    if environ is None and raws == _cache[0]:
+        return _cache[1]
+    found = _secrets_of(dict(zip(_SECRET_NAMES, raws, strict=True)))
+    if environ is None:
+        _cache[:] = [raws, found]
+    return found
+
+
+def _secrets_of(env: Mapping[str, str | None]) -> dict[str, str]:
     found: dict[str, str] = {}
-    for name, setting in settings.REGISTRY.items():
+    for name in _SECRET_NAMES:
         raw = env.get(name)
-        if not raw or setting.kind != "secret":
+        if not raw:
             continue
         for value in {raw, raw.strip()}:
             if len(value) >= MIN_SECRET:

@@ -342,7 +342,8 @@ class _Rejects:
                  "error": error}
         if raw is None and stage == "read":
             entry["raw"] = "not kept (too large)"
-        self._log.write(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
+        # backslashreplace: a lone surrogate (from a JSON record's \\ud800) stays a valid JSON escape
+        self._log.write(json.dumps(entry, ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n")
 
     def end(self) -> list[OutputResult]:
         if self._log is None:
