@@ -36,3 +36,13 @@ def test_a_successful_requeue_removes_the_stale_failed_marker(job_world, tmp_pat
     assert f"{folder}/{STEM}_2.xml" in dropbox.paths()
     assert json.loads(dropbox.file(f"{folder}/manifest.json").data)["state"] == "done"
     assert Ledger.from_settings().get(instance_id).state == "done"
+
+
+def test_the_local_destination_removes_a_marker_and_says_when_there_was_none(tmp_path):
+    from pipeline.destinations.local import LocalDestination
+
+    dest = LocalDestination(tmp_path)
+    dest.write_bytes("BIBS_2.xml_FAILED.json", b"{}")
+    assert dest.delete("BIBS_2.xml_FAILED.json") is True
+    assert not (tmp_path / "BIBS_2.xml_FAILED.json").exists()
+    assert dest.delete("BIBS_2.xml_FAILED.json") is False
