@@ -164,6 +164,16 @@ class AlmaClient:
         path = f"/almaws/v1/conf/jobs/{quote(str(job_id), safe='')}/instances/{quote(str(instance_id), safe='')}"
         return self.get(path)
 
+    def get_user(self, primary_id: str) -> dict[str, Any]:
+        """One user with contact details (`GET /almaws/v1/users/{primary_id}`), to tell a job's submitter.
+
+        `expand=none` skips the loan, request and fee counts Alma would otherwise compute for us.
+        """
+        if not primary_id or not str(primary_id).strip():
+            raise ValueError("user primary id is empty")
+        path = f"/almaws/v1/users/{quote(str(primary_id), safe='')}"
+        return self.get(path, {"user_id_type": "all_unique", "view": "full", "expand": "none"})
+
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """GET a JSON object from the API, retrying what is worth retrying."""
         url = self.base_url + path

@@ -2,7 +2,9 @@
 
 Reusable as a fixture: `alma = FakeAlma(); url = alma.start(); alma.add_instance(...); ...; alma.stop()`
 (or `with FakeAlma() as alma:`). It serves `GET /almaws/v1/conf/jobs/{job}/instances/{id}` with
-the real instance shape (string counters, `progress` 101.3, `link` naming job `M0`), checks the
+the real instance shape (string counters, `progress` 101.3, `link` naming job `M0`) and
+`GET /almaws/v1/users/{primary_id}` with the real user shape (`contact_info` with `email` and `phone`
+lists, `preferred` and `preferred_sms` flags; an unknown user is Alma's 400 with error 401861), checks the
 `Authorization: apikey ...` header, sends `x-exl-api-remaining`, and can be told to misbehave for
 the next N calls: `alma.fail_next("per_second", 2)`. Every request is recorded in `alma.calls`.
 """
@@ -15,8 +17,10 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 INSTANCE_PATH = "/almaws/v1/conf/jobs/"
+USERS_PATH = "/almaws/v1/users/"
 
 _XML_ERROR = (
     '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
@@ -48,6 +52,7 @@ FAULTS: dict[str, tuple[int, str, str, str]] = {
     "unauthorized": (401, "UNAUTHORIZED", "API-key not defined or not configured to allow this API.", "xml"),
     "forbidden": (403, "FORBIDDEN", "Forbidden", "json"),
     "bad_request": (400, "INVALID_REQUEST", "Invalid request", "json_wsr"),
+    "not_found": (404, "NOT_FOUND", "The requested resource was not found.", "json"),
 }
 
 
@@ -92,6 +97,51 @@ def make_instance(job_id: str, instance_id: str, *, stem: str | None = None, sta
     }
 
 
+def make_user(primary_id: str, *, email: str | None = None, sms: str | None = None,
+              other_phone: str | None = "+1 617 555 0100", other_email: str | None = None,
+              first_name: str = "Jane", last_name: str = "Smith") -> dict[str, Any]:
+    """A staff user as `GET /almaws/v1/users/{id}` returns it (JSON, view=full, expand=none).
+
+    `email` is the preferred address and `sms` the phone marked preferred for SMS; `other_phone`
+    (the preferred phone, not for SMS) and `other_email` (not preferred) are there to be ignored.
+    """
+    emails = []
+    if other_email:
+        emails.append({"email_address": other_email, "description": None, "preferred": False,
+                       "segment_type": "Internal", "email_type": [{"value": "personal", "desc": "Personal"}]})
+    if email:
+        emails.append({"email_address": email, "description": None, "preferred": True,
+                       "segment_type": "Internal", "email_type": [{"value": "work", "desc": "Work"}]})
+    phones = []
+    if other_phone:
+        phones.append({"phone_number": other_phone, "preferred": True, "preferred_sms": False,
+                       "segment_type": "Internal", "phone_type": [{"value": "office", "desc": "Office"}]})
+    if sms:
+        phones.append({"phone_number": sms, "preferred": False, "preferred_sms": True,
+                       "segment_type": "Internal", "phone_type": [{"value": "mobile", "desc": "Mobile"}]})
+    return {
+        "record_type": {"value": "STAFF", "desc": "Staff"},
+        "primary_id": primary_id,
+        "first_name": first_name, "middle_name": "", "last_name": last_name,
+        "full_name": f"{first_name} {last_name}",
+        "user_title": {"value": "", "desc": ""},
+        "job_category": {"value": "Cataloger", "desc": "Cataloger"},
+        "user_group": {"value": "STAFF", "desc": "Staff"},
+        "campus_code": {"value": "MAIN", "desc": "Main campus"},
+        "preferred_language": {"value": "en", "desc": "English"},
+        "account_type": {"value": "INTERNAL", "desc": "Internal"},
+        "external_id": "",
+        "status": {"value": "ACTIVE", "desc": "Active"},
+        "contact_info": {"address": [], "email": emails, "phone": phones},
+        "user_identifier": [],
+        "user_role": [{"status": {"value": "ACTIVE", "desc": "Active"},
+                       "scope": {"value": "01MAIN_INST", "desc": "Main library"},
+                       "role_type": {"value": "214", "desc": "Cataloger"}, "parameter": []}],
+        "user_block": [], "user_note": [], "user_statistic": [], "proxy_for_user": [],
+        "link": f"https://api-eu.hosted.exlibrisgroup.com/almaws/v1/users/{primary_id}",
+    }
+
+
 @dataclass
 class Call:
     method: str
@@ -106,8 +156,10 @@ class FakeAlma:
         self.remaining = remaining
         self.slow_seconds = slow_seconds
         self.instances: dict[tuple[str, str], dict[str, Any]] = {}
+        self.users: dict[str, dict[str, Any]] = {}
         self.calls: list[Call] = []
         self._faults: list[str] = []
+        self._user_faults: list[str] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -150,6 +202,16 @@ class FakeAlma:
             self.instances[(job_id, instance_id)] = data
         return data
 
+    def add_user(self, primary_id: str, **kwargs: Any) -> dict[str, Any]:
+        """Serve a user (built by `make_user` from kwargs, or pass `data=` ready-made)."""
+        data = kwargs.pop("data", None) or make_user(primary_id, **kwargs)
+        with self._lock:
+            self.users[primary_id] = data
+        return data
+
+    def user_calls(self) -> int:
+        return sum(1 for c in self.calls if c.path.startswith(USERS_PATH))
+
     def fail_next(self, fault: str, times: int = 1) -> None:
         """Answer the next `times` requests with a fault from FAULTS, or "slow" (sleeps past timeouts)."""
         if fault not in FAULTS and fault != "slow":
@@ -157,11 +219,20 @@ class FakeAlma:
         with self._lock:
             self._faults.extend([fault] * times)
 
+    def fail_users_next(self, fault: str, times: int = 1) -> None:
+        """Like `fail_next`, for the next `times` users calls only (job instance calls answer normally)."""
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}")
+        with self._lock:
+            self._user_faults.extend([fault] * times)
+
     def instance_calls(self) -> int:
         return sum(1 for c in self.calls if c.path.startswith(INSTANCE_PATH))
 
-    def _next_fault(self) -> str | None:
+    def _next_fault(self, path: str = "") -> str | None:
         with self._lock:
+            if path.startswith(USERS_PATH) and self._user_faults:
+                return self._user_faults.pop(0)
             return self._faults.pop(0) if self._faults else None
 
 
@@ -199,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         alma = self.alma
-        fault = alma._next_fault()
+        fault = alma._next_fault(self.path)
         if fault == "slow":
             time.sleep(alma.slow_seconds)
             fault = None
@@ -211,6 +282,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(401, "UNAUTHORIZED", "API-key not defined or not configured to allow this API.", "xml")
             return
         path = self.path.split("?", 1)[0]
+        if path.startswith(USERS_PATH):
+            user_id = unquote(path[len(USERS_PATH):])
+            user = alma.users.get(user_id)
+            if user is None:
+                self._error(400, "401861", f"User with identifier {user_id} of type all_unique was not found.",
+                            "json")
+                return
+            self._send(200, json.dumps(user).encode(), "application/json;charset=UTF-8")
+            return
         parts = path[len(INSTANCE_PATH):].split("/") if path.startswith(INSTANCE_PATH) else []
         if len(parts) == 3 and parts[1] == "instances":
             data = alma.instances.get((parts[0], parts[2]))
