@@ -38,6 +38,7 @@ class Setting:
     minimum: float | None = None
     maximum: float | None = None
     strip: bool = True  # surrounding whitespace removed (not for a value whose exact bytes matter)
+    choices: tuple[str, ...] | None = None  # for kind "list": the items allowed
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -70,7 +71,8 @@ REGISTRY: dict[str, Setting] = {
                 "c.jobs.bibExport.link counter.", "Nightly discovery export"),
         # Alma API
         Setting("ALMA_API_KEY", "secret", None,
-                "Alma API key with read access to Configuration (jobs).", "l8xx-your-api-key"),
+                "Alma API key with read access to Configuration (jobs), and to Users when NOTIFY_SUBMITTER is on.",
+                "l8xx-your-api-key"),
         Setting("ALMA_REGION", "str", "na",
                 "Alma API region: na, eu, ap, aps, ca, cn (ignored when ALMA_API_BASE_URL is set).", "eu"),
         Setting("ALMA_API_BASE_URL", "str", None,
@@ -132,6 +134,27 @@ REGISTRY: dict[str, Setting] = {
                 "Teams/Slack incoming webhook or any URL that receives a summary per finished job (https; "
                 "http only to a loopback address; redirects are not followed).",
                 "https://example.webhook.office.com/..."),
+        # Telling the person who ran the job (pipeline/submitter.py, docs/notifications.md)
+        Setting("NOTIFY_SUBMITTER", "list", ("off",),
+                "Tell the staff user who submitted the job (looked up in the Alma Users API): off, email, "
+                "sms, or email,sms. Needs ACS_CONNECTION_STRING or ACS_ENDPOINT.", "email,sms",
+                choices=("off", "email", "sms")),
+        Setting("ACS_CONNECTION_STRING", "secret", None,
+                "Azure Communication Services connection string (endpoint and access key); or leave empty "
+                "and set ACS_ENDPOINT to connect with the app's managed identity.",
+                "endpoint=https://alma-notify.europe.communication.azure.com/;accesskey=..."),
+        Setting("ACS_ENDPOINT", "str", None,
+                "Azure Communication Services endpoint, used with managed identity when "
+                "ACS_CONNECTION_STRING is empty.", "https://alma-notify.europe.communication.azure.com"),
+        Setting("ACS_EMAIL_SENDER", "str", None,
+                "Sender address for submitter emails, on a domain verified in Communication Services.",
+                "DoNotReply@exports.library.example.edu"),
+        Setting("ACS_SMS_FROM", "str", None,
+                "Phone number (E.164) or alphanumeric sender ID of the Communication Services resource "
+                "that sends submitter texts.", "+18005550100"),
+        Setting("DROPBOX_APP_FOLDER", "str", None,
+                "For an App-folder Dropbox app: the folder's path as Dropbox shows it, so links in "
+                "submitter messages open the right folder.", "/Apps/Alma exports"),
     ]
 }
 
@@ -217,6 +240,11 @@ def parse(setting: Setting, raw: str) -> Any:
         items = tuple(item.strip() for item in raw.split(",") if item.strip())
         if not items:
             raise SettingError(name, "must be a comma-separated list with at least one item")
+        if setting.choices is not None:
+            items = tuple(item.lower() for item in items)
+            unknown = [item for item in items if item not in setting.choices]
+            if unknown:
+                raise SettingError(name, f"{', '.join(unknown)} is not one of {', '.join(setting.choices)}")
         return items
     if kind == "regex":
         try:
