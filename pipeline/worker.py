@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline import events, notify, settings
+from pipeline import events, notify, settings, submitter
 from pipeline.destinations import open_destination
 from pipeline.destinations.base import Destination, DestinationError
 from pipeline.ledger import FileState, JobRecord, Ledger
@@ -215,6 +215,7 @@ def job_info(message: events.JobMessage, instance: Any = None, data: dict[str, A
         "institution": message.institution, "status": getattr(instance, "status", "") or message.status,
         "end_time": end_time,
         "submitted_by": submitted.get("desc") or submitted.get("value") if isinstance(submitted, dict) else None,
+        "submitted_by_id": submitted.get("value") if isinstance(submitted, dict) else None,  # Alma primary id
         "event_id": message.event_id, "destination": destination,
         "format": settings.get("OUTPUT_FORMAT"), "rules": settings.get("TRANSFORM_RULES"),
         "per_record": settings.get("OUTPUT_PER_RECORD"),
@@ -234,6 +235,7 @@ def _fail_instance(ctx: Context, message: events.JobMessage, body: str | bytes, 
     log.error("job %s instance %s FAILED: %s", message.job_name, message.instance_id, error)
     _write_failed(ctx, record, None, error, attempts)
     notify.send(record)
+    submitter.notify(ctx.ledger, record, alma_factory=ctx.alma_factory)
 
 
 # ---- process_export_file ------------------------------------------------------------------------------
@@ -403,6 +405,7 @@ def _write_manifest(ctx: Context, instance_id: str) -> None:
     record = ledger.manifest_written(instance_id, written.path)
     log.info("job instance %s %s: manifest at %s", instance_id, record.state, written.path)
     notify.send(record, location=destination.url)
+    submitter.notify(ctx.ledger, record, destination.url, alma_factory=ctx.alma_factory)
 
 
 def _write_failed(ctx: Context, record: JobRecord, file: FileState | None, error: str, attempts: int) -> None:
