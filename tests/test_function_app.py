@@ -153,6 +153,10 @@ def test_demo_runs_the_whole_flow_into_the_out_folder(clean_env, capsys, tmp_pat
         assert output["sha256"] == StreamHasher.of(data).sha256 and data.startswith(b"<?xml")
     assert manifest["totals"]["records_in"] == 100
     assert os.environ.get("ALMA_WEBHOOK_SECRET") is None
+    # What the submitter would be sent (the sample was run by System, so nobody is).
+    assert "submitted by System, not a staff user, so nobody is told" in printed
+    assert '    | Subject: Alma export "Export Bibliographic Records" finished' in printed
+    assert f"    | Where: {folder}" in printed and "    | --- SMS (" in printed
 
 
 def test_demo_with_an_ignored_event_exits_1(clean_env, capsys, tmp_path):

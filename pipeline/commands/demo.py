@@ -152,6 +152,25 @@ def pipeline_settings(out: str, storage: str) -> dict[str, str]:
     return values
 
 
+def print_submitter_message(record: Any) -> None:
+    """What the person who ran the job is (or would be) sent with NOTIFY_SUBMITTER on; nothing is sent here."""
+    from textwrap import indent
+
+    from pipeline import submitter
+
+    told = record.info.get(submitter.LEDGER_KEY)
+    uid = submitter.submitter_id(record)
+    if told:
+        head = f"submitter {told['user']}: {told['outcome']}. The message:"
+    elif uid:
+        head = f"submitted by staff user {uid}; with NOTIFY_SUBMITTER=email,sms they would receive:"
+    else:
+        head = (f"submitted by {record.job.get('submitted_by') or 'nobody known'}, not a staff user, so nobody is "
+                "told; had a staff user run it, with NOTIFY_SUBMITTER=email,sms they would receive:")
+    print(f"  {head}")
+    print(indent(submitter.preview(record, record.job.get("destination")), "    | ", lambda _: True).rstrip())
+
+
 def run_pipeline(host: Any, out: str) -> int:
     """Drain the queues through plan_export and process_export_file; print what happened."""
     from pipeline import worker
@@ -184,6 +203,7 @@ def run_pipeline(host: Any, out: str) -> int:
             for o in r.get("outputs", []):
                 print(f"      -> {o['path']} ({o['size']} bytes)")
         print(f"  manifest: {record.manifest.location}")
+        print_submitter_message(record)
         ok = ok and record.state == "done"
     print(f"\nresults are in {Path(out).resolve()}")
     return 0 if ok else 1
