@@ -212,7 +212,8 @@ def build_message(record: Any, location: str | None = None, environ: Mapping[str
         if len(failed) > 2:
             reason += f" (and {len(failed) - 2} more failed files)"
         reason = _short(reason, MAX_REASON_CHARS)
-    todo = ("The files that finished are in the folder above. Ask whoever runs the export pipeline to look at "
+    todo = ("Whatever finished is in the folder above, with a _FAILED.json saying why. Ask whoever runs the "
+            "export pipeline to look at "
             f"job instance {iid}; once the cause is fixed they can re-run it with: python -m pipeline requeue {iid}")
     subject = f"Alma export \"{name}\" {'finished' if ok else 'FAILED'}"
     facts = [("Job", name), ("Job instance", iid), ("State", s["state"]),
@@ -323,7 +324,7 @@ class Sender:
             "content": {"subject": message.subject, "plainText": message.text, "html": message.html},
             "userEngagementTrackingDisabled": True,
         }
-        # A fixed operation id per instance: the service treats a resent request as the same operation.
+        # The operation is named after the instance, so a request the SDK resends names the same operation.
         operation = str(uuid.uuid5(uuid.NAMESPACE_URL, f"alma-export-pipeline:submitter:{instance_id}"))
         poller = self.email_client.begin_send(body, operation_id=operation, polling_interval=self.poll_interval)
         poller.wait(self.wait)

@@ -82,14 +82,20 @@ def job(clean_env, alma, acs, dropbox, tmp_path, monkeypatch):
     alma._user_faults.clear()
     ctx = fake_dropbox_context(dropbox.url)
 
-    def run(submitted_by: str = "jsmith", *, redeliver_last: bool = False) -> tuple[str, JobRecord]:
+    def run(submitted_by: str = "jsmith", *, redeliver_last: bool = False,
+            status: str = "COMPLETED_SUCCESS") -> tuple[str, JobRecord]:
         instance_id = str(88000000000000000 + uuid.uuid4().int % 10**15)
-        data = make_instance(JOB_ID, instance_id, stem=STEM)
+        data = make_instance(JOB_ID, instance_id, stem=STEM, status=status)
         data["submitted_by"] = {"value": submitted_by, "desc": submitted_by.title()}
         alma.add_instance(JOB_ID, instance_id, data=data)
         event = event_from_mapping(job_end_event(instance_id, STEM))
         body = serialize_message(job_message(event, datetime.now(UTC).isoformat()))
         files = worker.plan_export(body, ctx=ctx)
+        if status != "COMPLETED_SUCCESS":  # Alma says the job failed: the worker records it failed
+            assert files == []
+            record = Ledger.from_settings().get(instance_id)
+            assert record is not None and record.state == "failed"
+            return instance_id, record
         assert len(files) == 2
         for message in files:
             assert worker.process_export_file(message, ctx=ctx, budget=600) == []
@@ -175,6 +181,17 @@ def test_system_submitter_tells_nobody(job, acs, alma, caplog):
     assert acs.requests == [] and alma.user_calls() == 0
     assert "submitter_notified" not in record.info
     assert "not a staff user: no submitter notification" in caplog.text
+
+
+def test_a_failed_job_tells_why_and_what_to_do(job, acs):
+    instance_id, record = job(status="COMPLETED_FAILED")
+    email = next(s for s in acs.sent if s.channel == "email").body["content"]
+    assert email["subject"] == 'Alma export "Export Bibliographic Records" FAILED'
+    assert "Why: job instance" in email["plainText"] and "COMPLETED_FAILED" in email["plainText"]
+    assert f"python -m pipeline requeue {instance_id}" in email["plainText"]
+    sms = next(s for s in acs.sent if s.channel == "sms").body["message"]
+    assert len(sms) <= 160 and "FAILED" in sms and instance_id in sms
+    assert record.info["submitter_notified"]["outcome"] == "notified by email and sms"
 
 
 def test_user_without_email_is_logged_and_the_job_is_unaffected(job, acs, clean_env, caplog):
