@@ -23,7 +23,7 @@ from pipeline import settings
 MIN_SECRET = 6
 """Shorter values are not searched for (a one-letter secret would blank every line)."""
 _URL_SETTINGS = ("NOTIFY_URL", "ALMA_API_BASE_URL")
-_CONNECTION_KEYS = ("accountkey", "sharedaccesssignature", "sharedaccesskey", "password", "pwd")
+_CONNECTION_KEYS = ("accountkey", "accesskey", "sharedaccesssignature", "sharedaccesskey", "password", "pwd")
 _URLLIB3_REQUEST = "urllib3.connectionpool"
 
 _installed: Callable[..., logging.LogRecord] | None = None

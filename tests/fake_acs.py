@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from tests.ftp_server import make_self_signed
 
+ACCESS_KEY = base64.b64encode(b"fake-acs-access-key-for-tests-0123456789").decode()  # as a connection string has it
 MAX_SKEW_SECONDS = 15 * 60  # the service refuses requests dated further from its clock
 _AUTH = re.compile(r"^HMAC-SHA256 SignedHeaders=(?P<headers>[^&]+)&Signature=(?P<signature>.+)$")
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -55,8 +56,8 @@ class Sent:
 
 
 class FakeACS:
-    def __init__(self, access_key: bytes = b"fake-acs-access-key-for-tests-0123456789") -> None:
-        self.access_key = base64.b64encode(access_key).decode()
+    def __init__(self, access_key: str = ACCESS_KEY) -> None:
+        self.access_key = access_key
         self.requests: list[Request] = []
         self.sent: list[Sent] = []
         self.operations: dict[str, dict[str, Any]] = {}

@@ -19,6 +19,7 @@ from pipeline.events import event_from_mapping, job_message, serialize_message
 from pipeline.ledger import FileState, JobRecord, Ledger, ManifestState
 from pipeline.settings import REGISTRY, SettingError
 from tests.e2e_support import job_end_event
+from tests.fake_acs import ACCESS_KEY as ACS_KEY
 from tests.fake_acs import FakeACS
 from tests.fake_alma import FakeAlma, make_instance
 from tests.fake_dropbox import FakeDropbox
@@ -114,7 +115,7 @@ def personal_data_absent(record: JobRecord, dropbox: FakeDropbox, caplog) -> Non
     manifest = dropbox.file(f"/Alma exports/Export Bibliographic Records/{record.instance_id}/manifest.json").data
     for where, text in [("ledger", record.to_json().decode()), ("manifest", manifest.decode()),
                         ("logs", caplog.text)]:
-        for secret in (EMAIL, "jane@home.example", MOBILE, MOBILE_E164, OFFICE):
+        for secret in (EMAIL, "jane@home.example", MOBILE, MOBILE_E164, OFFICE, ACS_KEY):
             assert secret not in text, f"{secret} appears in the {where}"
 
 
@@ -284,6 +285,14 @@ def test_off_by_default(job, acs, alma, clean_env):
 
 
 # ---- the pure parts ---------------------------------------------------------------------------------
+
+
+def test_the_access_key_is_redacted_from_logs(acs):
+    from pipeline.redact import redact_text, secret_values
+
+    secrets = secret_values({"ACS_CONNECTION_STRING": acs.connection_string()})
+    line = redact_text(f"signing with {acs.access_key} for {acs.url}", secrets)
+    assert acs.access_key not in line and "[REDACTED ACS_CONNECTION_STRING]" in line
 
 
 def test_notify_submitter_setting(clean_env):
