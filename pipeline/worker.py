@@ -193,7 +193,7 @@ def plan_export(body: str | bytes, *, dequeue_count: int = 1, max_dequeue: int =
 
     files = [{"name": e.name, "size": e.size} for e in plan.files]
     record, created = ledger.create_plan(iid, job, files, message=json.loads(body))
-    if existing is not None and existing.state == "failed":  # a requeued planning failure now planned
+    if existing is not None:  # a record before any plan is a recorded planning failure, requeued: now planned
         _clear_failed(ctx, job["destination"], FAILED)
     log.info("job instance %s: %s %d file(s) from %s -> %s", iid, "planned" if created else "already planned",
              len(record.files), plan.source, job["destination"])

@@ -46,3 +46,21 @@ def test_the_local_destination_removes_a_marker_and_says_when_there_was_none(tmp
     assert dest.delete("BIBS_2.xml_FAILED.json") is True
     assert not (tmp_path / "BIBS_2.xml_FAILED.json").exists()
     assert dest.delete("BIBS_2.xml_FAILED.json") is False
+
+
+def test_a_requeued_job_that_could_not_be_planned_loses_its_marker_once_planned(job_world, tmp_path):  # noqa: F811
+    host, env, alma, dropbox, receiver, azurite = job_world
+    late = "BIBS_late"  # Alma says the job wrote files, but none are on the server yet
+    instance_id = str(88000000000000000 + uuid.uuid4().int % 10**15)
+    alma.add_instance(JOB_ID, instance_id, stem=late)
+    send_webhook(host, instance_id, late, env["ALMA_WEBHOOK_SECRET"])
+    host.drain(timeout=120)
+    marker = f"/Alma exports/Export Bibliographic Records/{instance_id}/_FAILED.json"
+    assert marker in dropbox.paths()
+    assert Ledger.from_settings().get(instance_id).state == "failed"
+
+    (tmp_path / "sftp" / f"{late}_1.xml").write_bytes(marcgen.marcxml_bytes(marcgen.records(3, seed=1)))
+    assert requeue(Ledger.from_settings(), host.queue("alma-export-jobs"), instance_id).sent
+    host.drain(timeout=120)
+    assert marker not in dropbox.paths()
+    assert Ledger.from_settings().get(instance_id).state == "done"
