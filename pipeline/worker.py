@@ -32,6 +32,7 @@ from pipeline import events, notify, settings, submitter
 from pipeline.destinations import open_destination
 from pipeline.destinations.base import Destination, DestinationError
 from pipeline.ledger import FileState, JobRecord, Ledger
+from pipeline.marc.report import merge_reasons
 from pipeline.queues import FILES_QUEUE
 
 log = logging.getLogger(__name__)
@@ -342,8 +343,8 @@ def _not_claimed(ledger: Ledger, msg: FileMessage) -> list[str]:
 
 def _file_summary(result: Any) -> dict[str, Any]:
     d = result.to_dict()
-    return {k: d[k] for k in ("records_in", "records_out", "rejected", "dropped", "bytes_in", "seconds",
-                              "input_format", "members", "outputs")}
+    return {k: d[k] for k in ("records_in", "records_out", "rejected", "rejected_by_reason", "dropped", "bytes_in",
+                              "seconds", "input_format", "members", "outputs")}
 
 
 def _merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -357,6 +358,7 @@ def _merge_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
         total["input_format"] = total.get("input_format") or p.get("input_format")
         total["members"] = p.get("members") or total.get("members", [])
         total["outputs"].extend(p.get("outputs", []))
+    total["rejected_by_reason"] = merge_reasons(p.get("rejected_by_reason") for p in parts)
     total["seconds"] = round(total["seconds"], 3)
     return total
 
@@ -390,7 +392,8 @@ def manifest(record: JobRecord) -> dict[str, Any]:
         "planned_at": record.planned_at,
         "started_at": record.started_at,
         "finished_at": _now(),
-        "totals": record.totals(),
+        "totals": {**record.totals(), "rejected_by_reason": merge_reasons(
+            (f.result or {}).get("rejected_by_reason") for f in record.files)},
         "files": files,
     }
 

@@ -69,9 +69,11 @@ def test_report_json_names_every_output_with_its_sha256(tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert data["ok"] is False and report.ok is False
     assert data["totals"] == {"files": 2, "failed": 1, "records_in": 30, "records_out": 29, "rejected": 1,
-                              "dropped": 0, "bytes_in": sum(map(len, blobs)) + 13}
+                              "dropped": 0, "bytes_in": sum(map(len, blobs)) + 13,
+                              "rejected_by_reason": {"marc21-directory-not-ascii": 1}}
     good, bad = data["files"]
     assert (good["records_in"], good["records_out"], good["rejected"], good["error"]) == (30, 29, 1, None)
+    assert good["rejected_by_reason"] == {"marc21-directory-not-ascii": 1} and bad["rejected_by_reason"] == {}
     assert good["input_format"] == "marc21" and good["seconds"] >= 0
     kinds = {o["kind"]: o for o in good["outputs"]}
     assert set(kinds) == {"records", "rejects", "rejects-log"}

@@ -194,7 +194,8 @@ def test_marc21_writer_enforces_field_limit_and_delimiters():
 
 def test_control_characters_removed_and_counted(tmp_path):
     recs = marcgen.records(4, seed=9)
-    recs[1].fields[8].subfields[0] = ("a", "Bad\x01 title\x0b with controls\x1b")
+    # (not ESC: in binary MARC that means MARC-8, see test_marc_realworld)
+    recs[1].fields[8].subfields[0] = ("a", "Bad\x01 title\x0b with controls\x1c")
     src = marcgen.write_marc21(tmp_path / "ctl.mrc", recs)
     result = run(src, tmp_path / "out", "marcxml")
     assert result.records_out == 4 and result.counters == {"control_chars_removed": 3}

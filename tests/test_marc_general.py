@@ -187,6 +187,7 @@ def test_engine_marcxml_with_rules_same_bytes_without_reuse(tmp_path, monkeypatc
 
 def _plain_encode(self: marcxml.MarcXmlEncoder, record: Record) -> bytes:
     """MarcXmlEncoder.encode with no fragments at all (what the writer did before reuse existed)."""
+    self._check(record)
     text = self._text(record, None)
     try:
         data = text.encode("utf-8")

@@ -94,9 +94,10 @@ class Work:
 
 
 def _parse(input_format: str, context: Any, frames: list[Frame],
-           fragments: marcxml.Fragments | None = None) -> list[Record | RecordError]:
+           fragments: marcxml.Fragments | None = None,
+           counters: dict[str, int] | None = None) -> list[Record | RecordError]:
     """Parse a batch; any exception on one record (a reader bug, RecursionError on absurd nesting)
-    becomes that record's reject, never the file's failure."""
+    becomes that record's reject, never the file's failure. `counters` gathers the readers' salvages."""
     if input_format == "marcxml":
         try:
             return marcxml.parse_marcxml_batch(context, [f.raw for f in frames], fragments)
@@ -104,7 +105,8 @@ def _parse(input_format: str, context: Any, frames: list[Frame],
             if len(frames) == 1:
                 return [read_failure(exc)]
             return [item for f in frames for item in _parse(input_format, context, [f], fragments)]
-    parse = marc21.parse_marc21 if input_format == "marc21" else marcjson.parse_json_line
+    parse: Callable[[bytes], Record] = (partial(marc21.parse_marc21, counters=counters) if input_format == "marc21"
+                                        else marcjson.parse_json_line)
     out: list[Record | RecordError] = []
     for f in frames:
         try:
@@ -120,8 +122,8 @@ def read_failure(exc: Exception) -> RecordError:
     if isinstance(exc, RecordError):
         return exc
     if isinstance(exc, RecursionError):
-        return RecordError("record is nested too deeply to read")
-    return RecordError(f"record could not be read: {type(exc).__name__}: {exc}")
+        return RecordError("record is nested too deeply to read", "read-too-deep")
+    return RecordError(f"record could not be read: {type(exc).__name__}: {exc}", "read-exception")
 
 
 def _salvage(input_format: str, raw: bytes | None) -> str | None:
@@ -135,7 +137,7 @@ def _salvage(input_format: str, raw: bytes | None) -> str | None:
 def run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[int, Frame]],
               want_records: bool) -> tuple[list[tuple], dict[str, int]]:
     """Parse, transform and encode one batch. Outcomes, in order: `(OK, index, data, record)`,
-    `(DROP, index)`, `(REJECT, index, stage, error, id)`; without `want_records`, consecutive written
+    `(DROP, index)`, `(REJECT, index, stage, error, id, reason)`; without `want_records`, consecutive written
     records come as one `(RUN, count, data)` (cheaper to send back from a worker), and consecutive
     records whose output is their own input bytes plus `suffix` (the pass-through) as `(COPY, count,
     suffix)`: the main process still holds those bytes, so they need not travel back at all.
@@ -190,11 +192,13 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
         # MARCXML -> MARCXML: the writer reuses the parsed text of the fields the rules left alone
         fragments = {}
         encode = partial(encoder.encode_reusing, fragments=fragments)
-    parsed = iter(_parse(input_format, context, [f for _, f in good], fragments)) if good else iter(())
+    salvaged: dict[str, int] = {}
+    parsed = iter(_parse(input_format, context, [f for _, f in good], fragments, salvaged)) if good else iter(())
     outcomes: list[tuple] = []
     for index, frame in batch:
         if frame.error is not None:
-            outcomes.append((REJECT, index, "read", frame.error, _salvage(input_format, frame.raw)))
+            outcomes.append((REJECT, index, "read", frame.error, _salvage(input_format, frame.raw),
+                             frame.reason or "read-error"))
             continue
         if copied:
             data = copied.get(index)
@@ -216,17 +220,18 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
                 continue
         item = next(parsed)
         if isinstance(item, RecordError):
-            outcomes.append((REJECT, index, "read", str(item), _salvage(input_format, frame.raw)))
+            outcomes.append((REJECT, index, "read", str(item), _salvage(input_format, frame.raw),
+                             item.code or "read-error"))
             continue
         record: Record | None = item
         if transform is not None:
             try:
                 record = transform(item)
             except RecordError as exc:
-                outcomes.append((REJECT, index, "rules", str(exc), item.id))
+                outcomes.append((REJECT, index, "rules", str(exc), item.id, exc.code or "rules-reject"))
                 continue
             except Exception as exc:  # a rule or plugin bug costs this record, reported with its type
-                outcomes.append((REJECT, index, "rules", f"{type(exc).__name__}: {exc}", item.id))
+                outcomes.append((REJECT, index, "rules", f"{type(exc).__name__}: {exc}", item.id, "rules-exception"))
                 continue
             if record is None:
                 outcomes.append((DROP, index))
@@ -234,10 +239,10 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
         try:
             data = encode(record)
         except RecordError as exc:
-            outcomes.append((REJECT, index, "write", str(exc), record.id))
+            outcomes.append((REJECT, index, "write", str(exc), record.id, exc.code or "write-error"))
             continue
         except Exception as exc:
-            outcomes.append((REJECT, index, "write", f"{type(exc).__name__}: {exc}", record.id))
+            outcomes.append((REJECT, index, "write", f"{type(exc).__name__}: {exc}", record.id, "write-exception"))
             continue
         if want_records:
             outcomes.append((OK, index, data, record))
@@ -249,7 +254,10 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
             outcomes.append((RUN, 1, [data]))
     if not want_records:
         outcomes = [(RUN, o[1], b"".join(o[2])) if o[0] == RUN else o for o in outcomes]
-    return outcomes, work.counters()
+    counters = work.counters()
+    for key, value in salvaged.items():
+        counters[key] = counters.get(key, 0) + value
+    return outcomes, counters
 
 
 _WORKER: Work | None = None
@@ -328,7 +336,7 @@ class _Rejects:
         self._log: FileSink | None = None
 
     def add(self, index: int, offset: int | None, record_id: str | None, stage: str, error: str,
-            raw: bytes | None, member: str) -> None:
+            raw: bytes | None, member: str, reason: str) -> None:
         if self._log is None:
             header, footer = self._wrapper()
             self._raw = FileSink(self._destination, f"{self._stem}.rejects.{self._ext}", header, footer)
@@ -339,7 +347,7 @@ class _Rejects:
         if raw is not None:
             self._raw.write(raw if self._ext != "xml" else raw + b"\n")
         entry = {"input": member, "index": index, "offset": offset, "id": record_id, "stage": stage,
-                 "error": error}
+                 "reason": reason, "error": error}
         if raw is None and stage == "read":
             entry["raw"] = "not kept (too large)"
         # backslashreplace: a lone surrogate (from a JSON record's \\ud800) stays a valid JSON escape
@@ -430,7 +438,8 @@ class _MemberRun:
                     sink.record(outcome[3], outcome[2])
                 except RecordError as exc:  # the sink cannot place this record (e.g. its per-record name)
                     frames = frames if frames is not None else dict(batch)
-                    self._reject(frames[outcome[1]], outcome[1], outcome[3].id, "write", str(exc))
+                    self._reject(frames[outcome[1]], outcome[1], outcome[3].id, "write", str(exc),
+                                 exc.code or "write-error")
                     continue
                 result.records_out += 1
             elif kind == DROP:
@@ -440,15 +449,16 @@ class _MemberRun:
                 n += 1
                 if frames is None:
                     frames = dict(batch)
-                _, index, stage, error, record_id = outcome
-                self._reject(frames[index], index, record_id, stage, error)
+                _, index, stage, error, record_id, reason = outcome
+                self._reject(frames[index], index, record_id, stage, error, reason)
         result.records_in += n
         for key, value in counters.items():
             result.counters[key] = result.counters.get(key, 0) + value
 
-    def _reject(self, frame: Frame, index: int, record_id: str | None, stage: str, error: str) -> None:
-        self.rejects.add(index, frame.offset, record_id, stage, error, frame.raw, self.member.name)
+    def _reject(self, frame: Frame, index: int, record_id: str | None, stage: str, error: str, reason: str) -> None:
+        self.rejects.add(index, frame.offset, record_id, stage, error, frame.raw, self.member.name, reason)
         self.result.rejected += 1
+        self.result.rejected_by_reason[reason] = self.result.rejected_by_reason.get(reason, 0) + 1
         log.debug("%s: record %d rejected (%s): %s", self.member.name, index, stage, error)
 
     def finish(self, complete: bool) -> None:

@@ -15,12 +15,15 @@ from typing import BinaryIO, NamedTuple
 BLOCK = 1 << 20  # read size
 MAX_RECORD_BYTES = 8 << 20  # a single record larger than this is rejected unread (keeps memory flat)
 _SPACE = b" \t\r\n\x00"
+TOO_LARGE = "record-too-large"
+NOT_A_RECORD = "xml-not-a-record"
 
 
 class Frame(NamedTuple):
     offset: int
     raw: bytes | None  # None when the record was too large to keep
     error: str | None = None
+    reason: str | None = None  # the reject's reason code when `error` is set
 
 
 class InputError(Exception):
@@ -51,7 +54,7 @@ def frames_terminated(stream: BinaryIO, terminator: bytes, *, what: str,
             if skipping:
                 skipping = False
                 yield Frame(skip_start, None,
-                            f"{what} is longer than {max_record:,} bytes; not read (size limit)")
+                            f"{what} is longer than {max_record:,} bytes; not read (size limit)", TOO_LARGE)
             else:
                 raw = buf[start:end + 1]
                 stripped = raw.lstrip(_SPACE)
@@ -68,7 +71,8 @@ def frames_terminated(stream: BinaryIO, terminator: bytes, *, what: str,
             base += len(buf)
             buf = b""
     if skipping:
-        yield Frame(skip_start, None, f"{what} is longer than {max_record:,} bytes and unterminated; not read")
+        yield Frame(skip_start, None, f"{what} is longer than {max_record:,} bytes and unterminated; not read",
+                    TOO_LARGE)
         return
     tail = buf.lstrip(_SPACE)
     if tail.strip(_SPACE):

@@ -2,17 +2,25 @@
 
 Reading: records are framed on the 0x1D terminator (see framing.py), never on the 5-digit length
 in the leader, so one wrong length costs only its own record (pymarc's MARCReader stops reading the
-file there). Field data is cut on the 0x1E field terminators and matched with the directory's tags;
-the directory's lengths and offsets are not trusted. Leader/09 `a` means UTF-8 (strict); otherwise
-UTF-8 is tried strictly, then MARC-8. The record's text is Unicode from then on, so leader/09 is set
-to `a`. Undecodable bytes reject the record with the field named.
+file there). Fields are read through the directory (offset and length, in any order, as ISO 2709
+allows) whenever it is consistent; otherwise the data is cut on the 0x1E terminators and matched
+with the directory's tags in order, a salvage counted in `salvaged_directory_fallback` (Boston
+University's Alma export counts lengths in characters, not bytes). Character coding: ESC (0x1B)
+anywhere means MARC-8, whatever leader/09 says; else leader/09 `a` means UTF-8 (strict); else UTF-8
+is tried strictly, then MARC-8. MARC-8 is decoded per control field and per subfield value;
+indicators and subfield codes are single bytes, never read through an escape. The record's text is
+Unicode from then on, so leader/09 is set to `a`. Undecodable bytes reject the record with the
+field named. A 00X field with indicators and a delimiter is a data field (as yaz reads it).
 
 Writing: UTF-8 only, with the ISO 2709 limits enforced (field <= 9,999 bytes, record <= 99,999
-bytes): a record over a limit raises `RecordError` and is rejected, never written corrupt.
+bytes), a 24-character ASCII leader, indicators and subfield codes of one ASCII byte each, control
+fields only under 00X tags: anything else raises `RecordError` with a reason code and is rejected,
+never written corrupt, so what this writer emits the reader above returns unchanged.
 """
 
 from __future__ import annotations
 
+import re
 from itertools import accumulate, chain
 from operator import itemgetter
 
@@ -28,81 +36,161 @@ _FIRST = itemgetter(0)
 _REST = itemgetter(slice(1, None))
 
 
-def parse_marc21(raw: bytes) -> Record:
-    """Parse one record's bytes (ending in 0x1D); raise `RecordError` saying what is wrong."""
+def parse_marc21(raw: bytes, counters: dict[str, int] | None = None) -> Record:
+    """Parse one record's bytes (ending in 0x1D); raise `RecordError` saying what is wrong.
+
+    `counters["salvaged_directory_fallback"]` counts records whose directory was not consistent and
+    whose fields were found by splitting on the field terminators instead."""
     if not raw.endswith(RT):
-        raise RecordError(f"record has no terminator (0x1D); {len(raw)} bytes at the end of the input (truncated?)")
+        raise RecordError(f"record has no terminator (0x1D); {len(raw)} bytes at the end of the input (truncated?)",
+                          "marc21-truncated")
     if len(raw) < 26:
-        raise RecordError(f"record is only {len(raw)} bytes; a leader alone is 24")
+        raise RecordError(f"record is only {len(raw)} bytes; a leader alone is 24", "marc21-truncated")
     try:
         leader = raw[:24].decode("ascii")
     except UnicodeDecodeError:
-        raise RecordError("leader is not ASCII") from None
+        raise RecordError("leader is not ASCII", "leader-not-ascii") from None
     dir_end = raw.find(b"\x1e", 24)
     if dir_end < 0:
-        raise RecordError("no end of directory (0x1E)")
+        raise RecordError("no end of directory (0x1E)", "marc21-directory-end")
     directory = raw[24:dir_end]
     if len(directory) % 12:
-        raise RecordError(f"directory is {len(directory)} bytes, not a multiple of 12")
-    count = len(directory) // 12
+        raise RecordError(f"directory is {len(directory)} bytes, not a multiple of 12", "marc21-directory-length")
     try:
         dtext = directory.decode("ascii")
     except UnicodeDecodeError:
-        raise RecordError("directory is not ASCII") from None
+        raise RecordError("directory is not ASCII", "marc21-directory-not-ascii") from None
     tags = [dtext[i:i + 3] for i in range(0, len(dtext), 12)]
     data = raw[dir_end + 1:-1]
-    if leader[9] == "a":
-        try:
-            pieces = data.decode("utf-8").split(FT)
-        except UnicodeDecodeError as exc:
-            raise RecordError(f"invalid UTF-8 in {_field_at(tags, data, exc.start)} "
-                              f"(leader/09 says UTF-8): {exc.reason}") from None
+    chunks = _by_directory(dtext, data)
+    if chunks is None:
+        chunks = data.split(b"\x1e")
+        if chunks[-1].strip(b" \r\n"):
+            raise RecordError(f"{len(chunks[-1])} bytes after the last field terminator", "marc21-trailing-data")
+        if len(chunks) - 1 != len(tags):
+            raise RecordError(f"directory lists {len(tags)} fields but the data holds {len(chunks) - 1}, and its "
+                              "offsets and lengths do not point at the fields either", "marc21-directory-mismatch")
+        chunks.pop()
+        if counters is not None:
+            counters["salvaged_directory_fallback"] = counters.get("salvaged_directory_fallback", 0) + 1
+    if b"\x1b" in data:  # MARC-8 escapes: whatever leader/09 says, ESC is no UTF-8 text
+        fields = _marc8_fields(tags, chunks, "it holds MARC-8 escape sequences")
+    elif leader[9] == "a":
+        fields = _utf8_fields(tags, chunks, data)
     else:
         try:
-            pieces = data.decode("utf-8").split(FT)
-        except UnicodeDecodeError:
-            pieces = _decode_marc8_fields(tags, data)
-        leader = leader[:9] + "a" + leader[10:]
-    if pieces[-1].strip(" \r\n"):
-        raise RecordError(f"{len(pieces[-1])} bytes after the last field terminator")
-    if len(pieces) - 1 != count:
-        raise RecordError(f"directory lists {count} fields but the data holds {len(pieces) - 1}")
+            fields = _utf8_fields(tags, chunks, data)
+        except _NotUtf8:
+            fields = _marc8_fields(tags, chunks, "neither UTF-8 nor MARC-8")
+    return Record(leader[:9] + "a" + leader[10:], fields)
+
+
+class _NotUtf8(RecordError):
+    pass
+
+
+def _by_directory(dtext: str, data: bytes) -> list[bytes] | None:
+    """Each field's bytes (without its terminator) as the directory places them, or None when the
+    directory is not consistent: an entry that is not digits, lies outside the data, or does not end
+    on a field terminator. ISO 2709 lets fields appear in any order; the directory is the truth."""
+    count = len(dtext) // 12
+    pieces = data.split(b"\x1e")
+    if len(pieces) == count + 1 and not pieces[-1]:  # the usual layout, checked in one formatted compare
+        pieces.pop()
+        lengths = [len(p) + 1 for p in pieces]
+        layout = _DIRECTORY_FORMATS.get(count) or "%s%04d%05d" * count
+        if layout % tuple(chain.from_iterable(zip((dtext[i:i + 3] for i in range(0, len(dtext), 12)), lengths,
+                                                  accumulate(lengths, initial=0), strict=False))) == dtext:
+            return pieces
+    out = []
+    size = len(data)
+    for i in range(0, len(dtext), 12):
+        length, offset = dtext[i + 3:i + 7], dtext[i + 7:i + 12]
+        if not (length.isdigit() and offset.isdigit()):
+            return None
+        start = int(offset)
+        end = start + int(length) - 1  # the terminator's position
+        if end < start or end >= size or data[end] != 0x1E:
+            return None
+        out.append(data[start:end])
+    return out
+
+
+def _is_control(tag: str, chunk: bytes) -> bool:
+    """00X fields are control fields, unless they carry indicators and a delimiter (DanMARC and others
+    use 00X data fields; yaz reads them so too)."""
+    return tag[0] == "0" and tag[1] == "0" and chunk[2:3] != b"\x1f"
+
+
+def _utf8_fields(tags: list[str], chunks: list[bytes], data: bytes) -> list[Field]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _NotUtf8(f"invalid UTF-8 in {_field_at(tags, data, exc.start)}: {exc.reason}", "utf8-invalid") from None
+    if len(chunks) == text.count(FT) and b"\x1e".join(chunks) + b"\x1e" == data:
+        pieces = text.split(FT)  # fields in data order (the usual case): one decode for the record
+    else:
+        pieces = [c.decode("utf-8") for c in chunks]
     fields = []
-    for tag, piece in zip(tags, pieces, strict=False):
-        if tag[0] == "0" and tag[1] == "0":
+    for tag, piece, chunk in zip(tags, pieces, chunks, strict=False):
+        if _is_control(tag, chunk):
             fields.append(Field(tag, " ", " ", None, piece))
             continue
-        if len(piece) < 2:
-            raise RecordError(f"field {tag} has no indicators")
-        rest = piece[2:]
-        if not rest:
-            fields.append(Field(tag, piece[0], piece[1], []))
-            continue
-        if rest[0] != SF:
-            raise RecordError(f"field {tag} has data before its first subfield: {rest[:20]!r}")
-        parts = rest[1:].split(SF)
-        try:  # map/zip run in C: several times faster than a comprehension over the subfields
-            subs = list(zip(map(_FIRST, parts), map(_REST, parts), strict=True))
-        except IndexError:
-            raise RecordError(f"field {tag} has an empty subfield (two delimiters in a row)") from None
-        fields.append(Field(tag, piece[0], piece[1], subs))
-    return Record(leader, fields)
+        fields.append(_data_field(tag, piece))
+    return fields
+
+
+def _data_field(tag: str, piece: str) -> Field:
+    if len(piece) < 2:
+        raise RecordError(f"field {tag} has no indicators", "marc21-indicators-missing")
+    rest = piece[2:]
+    if not rest:
+        return Field(tag, piece[0], piece[1], [])
+    if rest[0] != SF:
+        if SF in piece[:2]:
+            raise RecordError(f"field {tag} has no indicators", "marc21-indicators-missing")
+        raise RecordError(f"field {tag} has data before its first subfield: {rest[:20]!r}",
+                          "marc21-data-before-subfield")
+    parts = rest[1:].split(SF)
+    try:  # map/zip run in C: several times faster than a comprehension over the subfields
+        subs = list(zip(map(_FIRST, parts), map(_REST, parts), strict=True))
+    except IndexError:
+        raise RecordError(f"field {tag} has an empty subfield (two delimiters in a row)",
+                          "marc21-empty-subfield") from None
+    return Field(tag, piece[0], piece[1], subs)
+
+
+def _marc8_fields(tags: list[str], chunks: list[bytes], why: str) -> list[Field]:
+    """MARC-8 text, decoded per control field and per subfield value (every subfield starts in the
+    default character sets, as pymarc and yaz read it); indicators and subfield codes are structure,
+    read as single bytes in the default sets, never through an escape that came before them."""
+    fields = []
+    for tag, chunk in zip(tags, chunks, strict=False):
+        try:
+            if _is_control(tag, chunk):
+                fields.append(Field(tag, " ", " ", None, decode_marc8(chunk)))
+                continue
+            head, _, rest = chunk.partition(b"\x1f")
+            if len(head) != 2:
+                fields.append(_data_field(tag, decode_marc8(chunk)))  # explains what is wrong
+                continue
+            ind1, ind2 = decode_marc8(head[:1]), decode_marc8(head[1:])
+            subs = []
+            if _:
+                for part in rest.split(b"\x1f"):
+                    if not part:
+                        raise RecordError(f"field {tag} has an empty subfield (two delimiters in a row)",
+                                          "marc21-empty-subfield")
+                    subs.append((decode_marc8(part[:1]), decode_marc8(part[1:])))
+            fields.append(Field(tag, ind1, ind2, subs))
+        except Marc8Error as exc:
+            raise RecordError(f"field {tag} cannot be read as MARC-8 ({why}): {exc}", "marc8-undecodable") from None
+    return fields
 
 
 def _field_at(tags: list[str], data: bytes, pos: int) -> str:
     index = data.count(b"\x1e", 0, pos)
     return f"field {tags[index]}" if index < len(tags) else f"byte {pos} of the data"
-
-
-def _decode_marc8_fields(tags: list[str], data: bytes) -> list[str]:
-    out = []
-    for index, chunk in enumerate(data.split(b"\x1e")):
-        try:
-            out.append(decode_marc8(chunk))
-        except Marc8Error as exc:
-            name = f"field {tags[index]}" if index < len(tags) else "the data"
-            raise RecordError(f"neither UTF-8 nor MARC-8 in {name}: {exc}") from None
-    return out
 
 
 def salvage_id(raw: bytes | None) -> str | None:
@@ -123,6 +211,7 @@ def salvage_id(raw: bytes | None) -> str | None:
 
 
 _DIRECTORY_FORMATS: dict[int, str] = {}
+_CODE_NOT_ASCII = re.compile(rb"\x1f[\x80-\xff]")
 
 
 def passthrough_marc21(raw: bytes) -> bytes | None:
@@ -145,7 +234,7 @@ def passthrough_marc21(raw: bytes) -> bytes | None:
     directory = raw[24:dir_end]
     size = len(directory)
     ascii = raw.isascii()
-    if size % 12 or not ascii and not (raw[:24].isascii() and directory.isascii()):
+    if not size or size % 12 or not ascii and not (raw[:24].isascii() and directory.isascii()):
         return None
     data = raw[dir_end + 1:-1]
     if not ascii:
@@ -153,6 +242,10 @@ def passthrough_marc21(raw: bytes) -> bytes | None:
             data.decode("utf-8")
         except UnicodeDecodeError:
             return None
+        if _CODE_NOT_ASCII.search(data):
+            return None
+    if b"\x1b" in data:  # MARC-8 escapes: the reader decodes MARC-8
+        return None
     if b"\x1f\x1f" in data or b"\x1f\x1e" in data:  # empty subfields (or a delimiter as indicator)
         return None
     pieces = data.split(b"\x1e")
@@ -203,27 +296,36 @@ class Marc21Encoder:
 
     def encode(self, record: Record) -> bytes:
         leader = record.leader
-        if len(leader) != 24 or not leader.isascii():
-            raise RecordError(f"leader must be 24 ASCII characters, got {len(leader)}: {leader!r}")
+        if len(leader) != 24:
+            raise RecordError(f"leader must be 24 characters, got {len(leader)}: {leader!r}", "leader-length")
+        if not leader.isascii():
+            raise RecordError(f"leader must be ASCII in MARC 21: {leader!r}", "leader-not-ascii")
         fields = record.fields
+        if not fields:
+            raise RecordError("record has no fields; MARC 21 readers refuse a record without a directory entry",
+                              "marc21-no-fields")
         texts = []
         delimiters = 0
+        odd = False  # a control field with a tag readers take for a data field, or the reverse
         for f in fields:
             subfields = f.subfields
             if subfields is None:
                 texts.append((f.value or "") + FT)
+                odd = odd or f.tag[:2] != "00"
             elif subfields:
                 delimiters += len(subfields)
                 texts.append(f.ind1 + f.ind2 + SF + SF.join(map("".join, subfields)) + FT)
             else:
                 texts.append(f.ind1 + f.ind2 + FT)
+                odd = odd or f.tag[:2] == "00"
         whole = "".join(texts)
         # Checks on the whole record at once (C speed); the per-field walk below only names the culprit.
         codes = [c for f in fields if f.subfields for c, _ in f.subfields]
         inds = [i for f in fields if f.subfields is not None for i in (f.ind1, f.ind2)]
-        if (whole.count(SF) != delimiters or whole.count(FT) != len(texts) or "\x1d" in whole
-                or (codes and (len("".join(codes)) != len(codes) or max(map(len, codes)) != 1))
-                or (inds and (len("".join(inds)) != len(inds) or max(map(len, inds)) != 1))):
+        code_text, ind_text = "".join(codes), "".join(inds)
+        if (odd or whole.count(SF) != delimiters or whole.count(FT) != len(texts) or "\x1d" in whole
+                or (codes and (len(code_text) != len(codes) or max(map(len, codes)) != 1 or not code_text.isascii()))
+                or (inds and (len(ind_text) != len(inds) or max(map(len, inds)) != 1 or not ind_text.isascii()))):
             _explain(record)
         if whole.isascii():
             lengths = list(map(len, texts))
@@ -232,21 +334,22 @@ class Marc21Encoder:
             try:
                 encoded = [t.encode("utf-8") for t in texts]
             except UnicodeEncodeError as exc:
-                raise RecordError(f"cannot encode as UTF-8: {exc.reason}") from None
+                raise RecordError(f"cannot encode as UTF-8: {exc.reason}", "unicode-unencodable") from None
             lengths = list(map(len, encoded))
             data = b"".join(encoded)
         if lengths and max(lengths) > MAX_FIELD:
             tag, n = next((f.tag, n) for f, n in zip(fields, lengths, strict=True) if n > MAX_FIELD)
-            raise RecordError(f"field {tag} is {n:,} bytes; MARC 21 allows at most 9,999 per field")
+            raise RecordError(f"field {tag} is {n:,} bytes; MARC 21 allows at most 9,999 per field",
+                              "marc21-field-too-long")
         tags = [f.tag for f in fields]
         base = 24 + 12 * len(tags) + 1
         total = base + len(data) + 1
         if total > MAX_RECORD:
-            raise RecordError(f"record is {total:,} bytes; MARC 21 allows at most 99,999")
+            raise RecordError(f"record is {total:,} bytes; MARC 21 allows at most 99,999", "marc21-record-too-long")
         dirtext = "".join(map(_ENTRY, tags, lengths, accumulate(lengths, initial=0)))
         if len(dirtext) != 12 * len(tags) or not dirtext.isascii():
             bad = next(t for t in tags if len(t) != 3 or not t.isascii())
-            raise RecordError(f"tag {bad!r} is not 3 ASCII characters")
+            raise RecordError(f"tag {bad!r} is not 3 ASCII characters", "marc21-tag-invalid")
         head = f"{total:05d}{leader[5:9]}a22{base:05d}{leader[17:20]}4500"
         return (head + dirtext).encode("ascii") + b"\x1e" + data + RT
 
@@ -256,16 +359,33 @@ _ENTRY = "{}{:04d}{:05d}".format
 
 def _explain(record: Record) -> None:
     """Raise the RecordError that names what makes `record` unwritable as MARC 21."""
+    delimiter = "contains a MARC delimiter character (0x1D/0x1E/0x1F)"
     for f in record.fields:
+        tag = f.tag
         if f.subfields is None:
             if any(d in (f.value or "") for d in "\x1d\x1e\x1f"):
-                raise RecordError(f"field {f.tag} contains a MARC delimiter character (0x1D/0x1E/0x1F)")
+                raise RecordError(f"field {tag} {delimiter}", "marc21-delimiter-in-data")
+            if tag[:2] != "00":
+                raise RecordError(f"field {tag} is a control field, but in MARC 21 only 00X tags are: readers "
+                                  "would take it for a data field", "marc21-control-field-tag")
             continue
-        if len(f.ind1) != 1 or len(f.ind2) != 1:
-            raise RecordError(f"field {f.tag}: indicators must be one character each, got {f.ind1!r} {f.ind2!r}")
+        if tag[:2] == "00" and not f.subfields:
+            raise RecordError(f"field {tag} is a data field without subfields: in MARC 21 it would read back as "
+                              "a control field", "marc21-00x-data-field-empty")
+        for ind in (f.ind1, f.ind2):
+            if len(ind) != 1 or not ind.isascii():
+                raise RecordError(f"field {tag}: indicator {ind!r} is not one ASCII character; MARC 21 "
+                                  f"indicators are one byte each (indicators {f.ind1!r} {f.ind2!r})",
+                                  "marc21-indicator-invalid")
         for code, value in f.subfields:
+            if not code:
+                raise RecordError(f"field {tag}: a subfield has no code", "subfield-code-missing")
             if len(code) != 1:
-                raise RecordError(f"field {f.tag}: subfield code {code!r} is not one character")
+                raise RecordError(f"field {tag}: subfield code {code!r} is {len(code)} characters; MARC 21 "
+                                  "allows one ASCII byte", "marc21-subfield-code-length")
+            if not code.isascii():
+                raise RecordError(f"field {tag}: subfield code {code!r} is not ASCII; MARC 21 allows one "
+                                  "ASCII byte", "marc21-subfield-code-not-ascii")
             if any(d in code + value for d in "\x1d\x1e\x1f") or any(d in f.ind1 + f.ind2 for d in "\x1d\x1e\x1f"):
-                raise RecordError(f"field {f.tag} contains a MARC delimiter character (0x1D/0x1E/0x1F)")
-    raise RecordError("record contains a MARC delimiter character (0x1D/0x1E/0x1F) in its data")
+                raise RecordError(f"field {tag} {delimiter}", "marc21-delimiter-in-data")
+    raise RecordError(f"record {delimiter} in its data", "marc21-delimiter-in-data")

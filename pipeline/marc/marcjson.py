@@ -18,30 +18,31 @@ def parse_json_line(raw: bytes) -> Record:
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordError(f"not valid JSON: {exc}") from None
+        raise RecordError(f"not valid JSON: {exc}", "json-invalid") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("leader"), str) or not isinstance(obj.get("fields"), list):
-        raise RecordError('not a MARC-in-JSON record (needs "leader" text and a "fields" list)')
+        raise RecordError('not a MARC-in-JSON record (needs "leader" text and a "fields" list)', "json-not-marc")
     fields = []
     for item in obj["fields"]:
         if not isinstance(item, dict) or len(item) != 1:
-            raise RecordError(f"field entry {str(item)[:60]!r} is not an object with one tag")
+            raise RecordError(f"field entry {str(item)[:60]!r} is not an object with one tag", "json-field-shape")
         ((tag, body),) = item.items()
         if isinstance(body, str):
             fields.append(Field(tag, " ", " ", None, body))
             continue
         if not isinstance(body, dict) or not isinstance(body.get("subfields", []), list):
-            raise RecordError(f"field {tag} is neither text nor an object with subfields")
+            raise RecordError(f"field {tag} is neither text nor an object with subfields", "json-field-shape")
         subs = []
         for sub in body.get("subfields", []):
             if not isinstance(sub, dict) or len(sub) != 1:
-                raise RecordError(f"field {tag}: subfield entry {str(sub)[:60]!r} is not an object with one code")
+                raise RecordError(f"field {tag}: subfield entry {str(sub)[:60]!r} is not an object with one code",
+                                  "json-field-shape")
             ((code, value),) = sub.items()
             if not isinstance(value, str):
-                raise RecordError(f"field {tag}: subfield {code} value is not text")
+                raise RecordError(f"field {tag}: subfield {code} value is not text", "json-field-shape")
             subs.append((code, value))
         ind1, ind2 = body.get("ind1", " "), body.get("ind2", " ")
         if not isinstance(ind1, str) or not isinstance(ind2, str):
-            raise RecordError(f"field {tag}: indicators must be text")
+            raise RecordError(f"field {tag}: indicators must be text", "json-field-shape")
         fields.append(Field(tag, ind1 or " ", ind2 or " ", subs))
     return Record(obj["leader"], fields)
 
@@ -84,8 +85,14 @@ class MarcJsonEncoder:
         return b""
 
     def encode(self, record: Record) -> bytes:
+        if len(record.leader) != 24:
+            raise RecordError(f"leader is {len(record.leader)} characters; MARC-in-JSON readers need 24: "
+                              f"{record.leader!r}", "leader-length")
+        for f in record.fields:
+            if f.subfields and not all(c for c, _ in f.subfields):
+                raise RecordError(f"field {f.tag}: a subfield has no code", "subfield-code-missing")
         text = json.dumps(record_to_json(record), ensure_ascii=False, separators=(",", ":"))
         try:
             return text.encode("utf-8") + b"\n"
         except UnicodeEncodeError as exc:
-            raise RecordError(f"cannot encode as UTF-8: {exc.reason}") from None
+            raise RecordError(f"cannot encode as UTF-8: {exc.reason}", "unicode-unencodable") from None

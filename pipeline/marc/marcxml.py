@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 from lxml import etree
 
-from pipeline.marc.framing import BLOCK, MAX_RECORD_BYTES, Frame, InputError
+from pipeline.marc.framing import BLOCK, MAX_RECORD_BYTES, NOT_A_RECORD, TOO_LARGE, Frame, InputError
 from pipeline.marc.record import Field, Record, RecordError
 
 NS = "http://www.loc.gov/MARC21/slim"
@@ -171,8 +171,8 @@ class XmlFramer:
         offset = self._base + pos
         if start.group(3):  # empty element <record/>
             self._end_of_last = start.end()
-            yield Frame(offset, self._buf[pos:start.end()],
-                        None if _local(name) == b"record" else f"<{name.decode()}> is not a MARCXML record")
+            error = None if _local(name) == b"record" else f"<{name.decode()}> is not a MARCXML record"
+            yield Frame(offset, self._buf[pos:start.end()], error, error and NOT_A_RECORD)
             return
         end_tag = b"</" + name + b">"
         found_at = self._buf.find(end_tag, start.end())
@@ -187,7 +187,7 @@ class XmlFramer:
                 self._drop(end)
                 end = 0
             self._end_of_last = end
-            yield Frame(offset, raw, error)
+            yield Frame(offset, raw, error, error and NOT_A_RECORD)
             return
         closing = re.compile(rb"<!--.*?-->|<!\[CDATA\[.*?\]\]>|</" + re.escape(name) + rb"\s*>", re.S)
         scan = start.end()
@@ -213,7 +213,7 @@ class XmlFramer:
             self._drop(end)
             end = 0
         self._end_of_last = end
-        yield Frame(offset, raw, error)
+        yield Frame(offset, raw, error, error and NOT_A_RECORD)
 
     def _skip_oversized(self, pos: int, closing: re.Pattern[bytes]) -> Iterator[Frame]:
         offset = self._base + pos
@@ -225,7 +225,8 @@ class XmlFramer:
                     consumed = m.end() - len(tail)
                     self._drop(pos + consumed)
                     self._end_of_last = 0
-                    yield Frame(offset, None, f"record is longer than {self._max:,} bytes; not read (size limit)")
+                    yield Frame(offset, None, f"record is longer than {self._max:,} bytes; not read (size limit)",
+                                TOO_LARGE)
                     return
             tail = data[-4096:]  # a closing tag cut by the block boundary
             self._drop(len(self._buf))
@@ -313,9 +314,9 @@ def _parse_lxml(context: tuple[str, bytes], raws: list[bytes]) -> list[Record | 
             doc = etree.fromstring(_document(context, [raw]), parser)
             elements = [el for el in doc if isinstance(el.tag, str)]
             out.append(_convert_safe(elements[0]) if len(elements) == 1
-                       else RecordError("record element could not be isolated"))
+                       else RecordError("record element could not be isolated", "xml-malformed"))
         except etree.XMLSyntaxError as exc:
-            out.append(RecordError(f"malformed XML in record: {exc.msg}"))
+            out.append(RecordError(f"malformed XML in record: {exc.msg}", "xml-malformed"))
     return out
 
 
@@ -443,7 +444,7 @@ def _fast_record(raw: bytes, fragments: Fragments | None = None) -> Record | Non
 _CT = rb"[^<>&\x00-\x08\x0b-\x1f]*(?:&(?:amp|lt|gt);[^<>&\x00-\x08\x0b-\x1f]*)*"
 _CA = rb"[ !#-%'-;=?-~]"
 _CANONICAL = re.compile(
-    rb"<record><leader>" + _CT + rb"</leader>"
+    rb"<record><leader>(?:[ !#-%'-;=?-~]|&(?:amp|lt|gt);){24}</leader>"
     rb"(?:<controlfield tag=\"[0-9A-Za-z]{3}\">" + _CT + rb"</controlfield>"
     rb"|<datafield tag=\"[0-9A-Za-z]{3}\" ind1=\"" + _CA + rb"\" ind2=\"" + _CA + rb"\">"
     rb"(?:<subfield code=\"[0-9A-Za-z]\">" + _CT + rb"</subfield>)*</datafield>)*</record>")
@@ -525,6 +526,8 @@ def _convert_safe(element: etree._Element) -> Record | RecordError:
         return element_to_record(element)
     except RecordError as exc:
         return exc
+    except Exception as exc:  # whatever fails on one record costs that record only
+        return RecordError(f"{type(exc).__name__}: {exc}", "read-exception")
 
 
 def element_to_record(element: etree._Element) -> Record:
@@ -537,26 +540,26 @@ def element_to_record(element: etree._Element) -> Record:
         if kind == 3:
             tag = el.get("tag")
             if tag is None:
-                raise RecordError("datafield without a tag attribute")
+                raise RecordError("datafield without a tag attribute", "xml-tag-missing")
             subs = []
             for sf in el:
                 skind = _KIND.get(sf.tag) or _kind(sf.tag)
                 if skind == 4:
-                    subs.append((sf.get("code", " "), sf.text or ""))
+                    subs.append((sf.get("code", ""), sf.text or ""))  # no code: kept empty, writers refuse it
                 elif skind:
-                    raise RecordError(f"unexpected element {sf.tag} in datafield {tag}")
+                    raise RecordError(f"unexpected element {sf.tag} in datafield {tag}", "xml-unexpected-element")
             append(Field(tag, el.get("ind1") or " ", el.get("ind2") or " ", subs))
         elif kind == 2:
             tag = el.get("tag")
             if tag is None:
-                raise RecordError("controlfield without a tag attribute")
+                raise RecordError("controlfield without a tag attribute", "xml-tag-missing")
             append(Field(tag, " ", " ", None, el.text or ""))
         elif kind == 1:
             leader = el.text or ""
         elif kind:
-            raise RecordError(f"unexpected element {el.tag} in record")
+            raise RecordError(f"unexpected element {el.tag} in record", "xml-unexpected-element")
     if leader is None:
-        raise RecordError("record has no leader")
+        raise RecordError("record has no leader", "leader-missing")
     return Record(leader, fields)
 
 
@@ -632,6 +635,18 @@ class MarcXmlEncoder:
     def footer(self) -> bytes:
         return b"</collection>\n"
 
+    def _check(self, record: Record) -> None:
+        """A record MARCXML cannot hold as it is: a leader that is not 24 characters once the
+        characters XML forbids are removed (readers refuse the whole file over it)."""
+        leader = record.leader
+        if len(leader) != 24 or _ILLEGAL.search(leader):
+            kept = _ILLEGAL.sub("", leader)
+            if len(kept) != 24:
+                removed = f" after removing {len(leader) - len(kept)} characters XML cannot hold" \
+                    if len(kept) != len(leader) else ""
+                raise RecordError(f"leader is {len(kept)} characters{removed}; MARCXML needs 24: {leader!r}",
+                                  "leader-length")
+
     def _text(self, record: Record, fragments: Fragments | None = None) -> str:
         """The record element, values escaped. Plain subfield codes are formatted in C (starmap);
         a field whose text shows a markup character in a value is rebuilt with escaping. A data
@@ -661,6 +676,8 @@ class MarcXmlEncoder:
                     append("</datafield>")
                     continue
             codes = "".join(map(_FIRST, subfields))
+            if len(codes) < len(subfields):
+                raise RecordError(f"field {f.tag}: a subfield has no code", "subfield-code-missing")
             inner = None
             if codes.isalnum() and codes.isascii():
                 inner = "".join(starmap(_SUBFIELD_FORMAT, subfields))
@@ -688,6 +705,7 @@ class MarcXmlEncoder:
     def encode_reusing(self, record: Record, fragments: Fragments | None) -> bytes:
         """`encode`, reusing the parsed text of unchanged data fields (see `_fast_record`): MARCXML ->
         MARCXML with rules re-writes mostly untouched fields, and formatting them is half the cost."""
+        self._check(record)
         text = self._text(record, fragments)
         try:
             data = text.encode("utf-8")

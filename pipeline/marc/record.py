@@ -21,7 +21,18 @@ from typing import Any
 
 
 class RecordError(Exception):
-    """One record cannot be read, transformed or written: it is rejected, the stream goes on."""
+    """One record cannot be read, transformed or written: it is rejected, the stream goes on.
+
+    `code` is the reject's stable kebab-case reason (docs/formats.md lists them), counted per reason in
+    report.json and the manifest so that a thousand rejects of one kind read as one line; None lets
+    the stage that caught it name it (`read-error`, `rules-reject`, `write-error`)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the code when a worker process sends it back
+        return (type(self), (str(self), self.code))
 
 
 class Field:

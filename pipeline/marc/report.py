@@ -7,6 +7,7 @@ stores `FileResult.to_dict()` in its ledger.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ class FileResult:
     input_format: str | None = None
     members: list[str] = field(default_factory=list)  # container members processed, in order
     counters: dict[str, int] = field(default_factory=dict)  # e.g. control_chars_removed
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)  # reason code -> rejected records
     complete: bool = True  # False when should_stop ended the run early
     records_done: int = 0  # input records consumed in total (start_record + records_in)
 
@@ -43,6 +45,7 @@ class FileResult:
             "records_out": self.records_out,
             "rejected": self.rejected,
             "dropped": self.dropped,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "bytes_in": self.bytes_in,
             "seconds": round(self.seconds, 3),
             "records_per_second": round(self.records_in / self.seconds) if self.seconds > 0 else None,
@@ -52,6 +55,15 @@ class FileResult:
             "error": self.error,
             "outputs": [output_dict(o) for o in self.outputs],
         }
+
+
+def merge_reasons(counts: Iterable[dict[str, int] | None]) -> dict[str, int]:
+    """Rejects per reason code summed over files (or parts of a file), sorted by code."""
+    out: dict[str, int] = {}
+    for part in counts:
+        for reason, n in (part or {}).items():
+            out[reason] = out.get(reason, 0) + n
+    return dict(sorted(out.items()))
 
 
 def output_dict(result: OutputResult) -> dict[str, Any]:
@@ -85,7 +97,8 @@ class RunReport:
             "format": self.format,
             "rules": self.rules,
             "workers": self.workers,
-            "totals": {"files": len(self.files), "failed": sum(not f.ok for f in self.files), **totals},
+            "totals": {"files": len(self.files), "failed": sum(not f.ok for f in self.files), **totals,
+                       "rejected_by_reason": merge_reasons(f.rejected_by_reason for f in self.files)},
             "peak_rss_mb": self.peak_rss_mb,
             "files": [f.to_dict() for f in self.files],
         }
