@@ -51,7 +51,7 @@ def test_every_record_is_exact_or_rejected_with_its_reason(corpus):
 def test_the_corpus_was_really_compared(corpus):
     """Guards the guard: records were read by the independent readers and compared, not skipped."""
     reports, _ = corpus
-    assert sum(r["records"] for r in reports) > 5000
+    assert sum(r["records"] for r in reports) > 4000
     compared = sum(min(r["written"].values(), default=0) for r in reports)
     assert compared > 0.9 * sum(r["records"] for r in reports) - sum(r["unverified"] for r in reports)
     assert sum(r["salvaged"] for r in reports) > 0  # Boston University's character-counted directory

@@ -349,7 +349,7 @@ class Marc21Encoder:
         dirtext = "".join(map(_ENTRY, tags, lengths, accumulate(lengths, initial=0)))
         if len(dirtext) != 12 * len(tags) or not dirtext.isascii():
             bad = next(t for t in tags if len(t) != 3 or not t.isascii())
-            raise RecordError(f"tag {bad!r} is not 3 ASCII characters", "marc21-tag-invalid")
+            raise RecordError(f"tag {bad!r} is not 3 ASCII characters", "tag-invalid")
         head = f"{total:05d}{leader[5:9]}a22{base:05d}{leader[17:20]}4500"
         return (head + dirtext).encode("ascii") + b"\x1e" + data + RT
 

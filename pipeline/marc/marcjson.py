@@ -89,6 +89,8 @@ class MarcJsonEncoder:
             raise RecordError(f"leader is {len(record.leader)} characters; MARC-in-JSON readers need 24: "
                               f"{record.leader!r}", "leader-length")
         for f in record.fields:
+            if len(f.tag) != 3:
+                raise RecordError(f"tag {f.tag!r} is not 3 characters", "tag-invalid")
             if f.subfields and not all(c for c, _ in f.subfields):
                 raise RecordError(f"field {f.tag}: a subfield has no code", "subfield-code-missing")
         text = json.dumps(record_to_json(record), ensure_ascii=False, separators=(",", ":"))

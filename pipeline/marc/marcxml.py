@@ -618,6 +618,13 @@ class _Heads(dict):
         return value
 
 
+def _tag(tag: str) -> str:
+    """A tag MARCXML can hold: three characters (checked once per distinct tag, when its start tag is built)."""
+    if len(tag) != 3:
+        raise RecordError(f"tag {tag!r} is not 3 characters", "tag-invalid")
+    return tag
+
+
 class MarcXmlEncoder:
     """MARCXML `collection` in the MARC21/slim namespace, one record per line."""
 
@@ -625,9 +632,10 @@ class MarcXmlEncoder:
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = {"control_chars_removed": 0}
-        self._data = _Heads(lambda t, i1, i2: f'<datafield tag="{_attr(t)}" ind1="{_attr(i1)}" ind2="{_attr(i2)}">')
+        self._data = _Heads(
+            lambda t, i1, i2: f'<datafield tag="{_attr(_tag(t))}" ind1="{_attr(i1)}" ind2="{_attr(i2)}">')
         self._sub = _Heads(lambda c: f'<subfield code="{_attr(c)}">')
-        self._control = _Heads(lambda t: f'<controlfield tag="{_attr(t)}">')
+        self._control = _Heads(lambda t: f'<controlfield tag="{_attr(_tag(t))}">')
 
     def header(self) -> bytes:
         return f'<?xml version="1.0" encoding="UTF-8"?>\n<collection xmlns="{NS}">\n'.encode("ascii")
