@@ -19,10 +19,11 @@ from pymarc.marc8 import MARC8ToUnicode
 from pymarc.marc8_mapping import CODESETS
 
 from pipeline.destinations.local import LocalDestination
+from pipeline.ledger import FileState, JobRecord
 from pipeline.marc import marc21
 from pipeline.marc.engine import Input, process, process_file
 from pipeline.marc.record import Field, Record
-from pipeline.worker import _merge_parts
+from pipeline.worker import _merge_parts, manifest
 
 ESC = b"\x1b"
 XML_HEAD = '<?xml version="1.0" encoding="UTF-8"?><collection xmlns="http://www.loc.gov/MARC21/slim">'
@@ -250,6 +251,12 @@ def test_reject_reasons_add_up_over_the_parts_of_a_continued_file():
                            {"records_in": 3, "rejected": 2, "rejected_by_reason": {"leader-length": 1,
                                                                                    "utf8-invalid": 1}}])
     assert merged["rejected_by_reason"] == {"leader-length": 3, "utf8-invalid": 1}
+    job = JobRecord("inst", files=[
+        FileState("a", "done", result={"records_in": 5, "rejected": 4,
+                                       "rejected_by_reason": merged["rejected_by_reason"]}),
+        FileState("b", "done", result={"records_in": 1, "rejected": 1, "rejected_by_reason": {"utf8-invalid": 1}})])
+    totals = manifest(job)["totals"]
+    assert totals["rejected"] == 5 and totals["rejected_by_reason"] == {"leader-length": 3, "utf8-invalid": 2}
 
 
 def test_pymarc_reads_every_output_of_a_mixed_file(tmp_path):
