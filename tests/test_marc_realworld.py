@@ -190,6 +190,20 @@ def test_6_a_leader_that_is_not_24_characters_is_refused_by_every_writer(tmp_pat
         assert pymarc_read(out, fmt) == []  # the output file stays readable
 
 
+def test_6_a_rules_file_can_repair_what_the_writers_refuse(tmp_path):
+    """Liberal readers, rules between, strict writers: the rules see the record as read."""
+    xml = (XML_HEAD + '<record><leader>00000nam a2200000 i 450</leader><controlfield tag="001">1</controlfield>'
+           "</record></collection>").encode()
+    (tmp_path / "short.xml").write_bytes(xml)
+    (tmp_path / "pad.yaml").write_text('- set: {path: "LDR/23", value: "0"}\n')
+    for fmt in ("marcxml", "marc21", "json"):
+        result = process_file(Input.from_path(tmp_path / "short.xml"), LocalDestination(tmp_path / fmt), fmt=fmt,
+                              rules_path=str(tmp_path / "pad.yaml"), workers=1)
+        assert (result.records_out, result.rejected) == (1, 0), fmt
+        out = next(Path(o.path) for o in result.outputs if o.extra.get("kind", "records") == "records")
+        assert str(pymarc_read(out, fmt)[0].leader).endswith("4500"), fmt
+
+
 def test_6_a_leader_short_of_a_removed_control_character_is_refused_in_marcxml_only(tmp_path):
     record = bytearray(iso2709([*BASE, ("245", b"10\x1faT")]))
     record[7] = 0x1C  # leader/07: a C0 control XML cannot hold
