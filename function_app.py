@@ -3,7 +3,9 @@
 Importing this module must not read any setting: the host indexes the functions at import time and
 a missing setting would leave it with zero functions. Settings are read per request instead.
 Annotations are real objects (no `from __future__ import annotations`) and multi-message outputs
-use `typing.List`, the form the Functions Python worker documents and checks for.
+use `typing.List`, the form the Functions Python worker documents and checks for. The job message is
+a `bytes` output: the host re-serialises a `str` that looks like JSON (docs/queue-message.md).
+Nothing here imports development tooling (pipeline/dev/ is not deployed).
 """
 
 import logging
@@ -22,11 +24,11 @@ logging.getLogger("azure").setLevel(logging.WARNING)  # the storage SDK logs eve
 @app.function_name("alma_webhook")
 @app.route(route="webhook", methods=["GET", "POST"], auth_level=func.AuthLevel.FUNCTION)
 @app.queue_output(arg_name="msg", queue_name=JOBS_QUEUE, connection="AzureWebJobsStorage")
-def alma_webhook(req: func.HttpRequest, msg: func.Out[str]) -> func.HttpResponse:
+def alma_webhook(req: func.HttpRequest, msg: func.Out[bytes]) -> func.HttpResponse:
     """Alma's listener URL (`/api/webhook?code=...`): verify, normalise, enqueue; no other I/O."""
     result = webhook.handle(req.method, req.params, req.headers, req.get_body())
     if result.message is not None:
-        msg.set(result.message)
+        msg.set(result.message.encode("utf-8"))
     return func.HttpResponse(
         result.response.text,
         status_code=result.response.status,
@@ -60,12 +62,22 @@ def process_export_file(file: func.QueueMessage, more: func.Out[Messages]) -> No
 @app.function_name("export_failed")
 @app.queue_trigger(arg_name="poison", queue_name=f"{JOBS_QUEUE}-poison", connection="AzureWebJobsStorage")
 def export_failed(poison: func.QueueMessage) -> None:
-    """A job message that failed every delivery: record it, write _FAILED.json, notify."""
+    """A job message that failed every delivery: record it, write _FAILED.json, notify; never raises."""
     worker.export_failed(poison.get_body(), JOBS_QUEUE, dequeue_count=poison.dequeue_count or 0)
 
 
 @app.function_name("export_file_failed")
 @app.queue_trigger(arg_name="poison", queue_name=f"{FILES_QUEUE}-poison", connection="AzureWebJobsStorage")
 def export_file_failed(poison: func.QueueMessage) -> None:
-    """A file message that failed every delivery: the file is failed, the rest of the job goes on."""
+    """A file message that failed every delivery: the file is failed, the rest of the job goes on; never raises."""
     worker.export_failed(poison.get_body(), FILES_QUEUE, dequeue_count=poison.dequeue_count or 0)
+
+
+@app.function_name("sweep_jobs")
+@app.timer_trigger(arg_name="timer", schedule="%SWEEP_SCHEDULE%", run_on_startup=False, use_monitor=True)
+@app.queue_output(arg_name="files", queue_name=FILES_QUEUE, connection="AzureWebJobsStorage")
+def sweep_jobs(timer: func.TimerRequest, files: func.Out[Messages]) -> None:
+    """Every SWEEP_SCHEDULE: continue, fail or complete the jobs nobody is working on."""
+    messages = worker.sweep_jobs()
+    if messages:
+        files.set(messages)

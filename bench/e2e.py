@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline import azurite  # noqa: E402
 from pipeline.destinations.local import LocalDestination  # noqa: E402
-from pipeline.devhost import DevHost  # noqa: E402
+from pipeline.dev import azurite  # noqa: E402
+from pipeline.dev.host import DevHost  # noqa: E402
 from pipeline.ledger import Ledger  # noqa: E402
 from pipeline.marc.engine import Input, process  # noqa: E402
 from tests import marcgen  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import azure.functions as func  # noqa: E402
 
-from pipeline.devhost import user_function  # noqa: E402
+from pipeline.dev.host import user_function  # noqa: E402
 from tests.fuzz_support import ALLOWED, sign, webhook_bodies  # noqa: E402
 
 SECRET = "bench-fuzz-secret"

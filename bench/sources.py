@@ -108,7 +108,7 @@ def main() -> int:
 
     from azure.storage.blob import BlobServiceClient
 
-    from pipeline import azurite
+    from pipeline.dev import azurite
 
     logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
     from tests.ftp_server import FtpTestServer

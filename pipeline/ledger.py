@@ -1,35 +1,36 @@
-"""The ledger: what was planned and done for each Alma job instance, in Azure Blob Storage.
+"""The ledger: what was planned and done for each Alma job instance, as a pure state machine over a store.
 
 Queue deliveries are at least once and workers on different machines run at the same time, so the
 ledger is the one place that says which files of an export are done, who is working on which file,
-and who writes the manifest. Each job instance is one compact JSON blob
-(`jobs/{instance_id}.json` in container `alma-pipeline`), changed only by ETag-conditional writes
-in a read-modify-write loop: a write based on a stale read fails with 412 (or 409 on create) and is
-redone on a fresh read, so no update is ever lost. The blob schema is documented in
-docs/operations.md.
+and who writes the manifest. Each job instance is one compact JSON document (`jobs/{instance_id}.json`)
+in a `Store`, changed only by conditional writes in a read-modify-write loop: a write based on a stale
+read is refused and redone on a fresh read, so no update is ever lost.
+
+The transitions (plan, claim, checkpoint, finish, fail, settle, claim manifest, manifest written,
+release, sweep) are plain functions of a `JobRecord` and the time, so they can be tested
+exhaustively without storage (tests/test_jobs_statemachine.py). Two stores: `MemoryStore` here, and
+the ETag-conditional Azure Blob store in `pipeline/ledger_blob.py` (the only part that needs the
+Azure SDK). The record schema is documented in docs/operations.md.
 
 States of a file and of the instance: `pending`, `running`, `done`, `failed`. The instance also has
-a `manifest` state (`pending` -> `writing` -> `done`) so that exactly one worker, the one whose
-write settled the last file, writes manifest.json.
+a `manifest` state (`pending` -> `writing` -> `done`, and back to `pending` when a write fails) so
+that exactly one worker at a time writes manifest.json.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
-import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContentSettings
-
-from pipeline import settings
+from pipeline.messages import check_id
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ SCHEMA = 1
 STATES = ("pending", "running", "done", "failed")
 MANIFEST_STATES = ("pending", "writing", "done")
 MAX_ERROR_CHARS = 2000
-_INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MAX_FILES = 5000  # files one job instance may plan: keeps the record (and the manifest) bounded
 
 T = TypeVar("T")
 
@@ -56,30 +57,20 @@ class LeaseLost(LedgerError):
     """A worker tried to checkpoint a file that another worker has taken over (or finished)."""
 
 
-def storage_client(cls: type[T], service: str, *args: Any, **kwargs: Any) -> T:
-    """Build a blob or queue client from `AzureWebJobsStorage` or, with managed identity,
-    `AzureWebJobsStorage__accountName` (the same two ways the Functions host connects)."""
-    conn = settings.get("AzureWebJobsStorage")
-    if conn:
-        return cls.from_connection_string(conn, *args, **kwargs)  # type: ignore[attr-defined]
-    account = settings.get("AzureWebJobsStorage__accountName")
-    if account:
-        from azure.identity import DefaultAzureCredential  # only needed in Azure; slow to import
-
-        url = f"https://{account}.{service}.core.windows.net"
-        return cls(url, *args, credential=DefaultAzureCredential(), **kwargs)
-    raise settings.SettingError(
-        "AzureWebJobsStorage",
-        "is not set, and neither is AzureWebJobsStorage__accountName (storage through managed identity)",
-    )
+class StoreConflict(Exception):
+    """A conditional write was refused: the document changed (or appeared) since it was read."""
 
 
-def _iso(ts: float) -> str:
+def iso(ts: float) -> str:
+    """A ledger timestamp: UTC, milliseconds, `Z`."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
+def epoch(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+_iso, _epoch = iso, epoch
 
 
 @dataclass
@@ -99,7 +90,9 @@ class FileState:
     checkpointed_at: str | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # what the plan said (size, path, ...)
+    info: dict[str, Any] = field(default_factory=dict)  # what the plan said (size, stem, ...)
+    touched_at: str | None = None  # last change of this file's state: how the sweeper tells stale work
+    sweeps: int = 0  # times the sweeper re-sent this file because nothing was in flight for it
 
     def settled(self) -> bool:
         """Done, or failed for good: nothing more will happen to this file without an operator."""
@@ -133,6 +126,9 @@ class JobRecord:
     schema: int = SCHEMA
     etag: str | None = field(default=None, compare=False)  # of the blob this was read from; not stored
 
+    def has_file(self, name: str) -> bool:
+        return any(f.name == name for f in self.files)
+
     def file(self, name: str) -> FileState:
         for f in self.files:
             if f.name == name:
@@ -153,8 +149,10 @@ class JobRecord:
         return out
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        data.pop("etag")
+        # Field by field rather than dataclasses.asdict: that deep-copies every checkpoint first.
+        data = {k: v for k, v in vars(self).items() if k != "etag"}
+        data["files"] = [vars(f) for f in self.files]
+        data["manifest"] = vars(self.manifest)
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
     @classmethod
@@ -182,73 +180,332 @@ class JobRecord:
         return record
 
 
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
 def _build(cls: type[T], data: Any, **extra: Any) -> T:
     if not isinstance(data, dict):
         raise TypeError(f"{cls.__name__} is not an object")
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = set(data) - known
+    unknown = set(data) - _field_names(cls)
     if unknown:
         raise ValueError(f"unknown keys {sorted(unknown)} in {cls.__name__}")
     return cls(**data, **extra)
 
 
+# ---- transitions: plain functions of a record and the time (seconds since the epoch) -------------------
+
+
+def plan(record: JobRecord, job: dict[str, Any], files: list[FileState], message: dict[str, Any] | None,
+         now: float) -> bool:
+    """Record the plan once; False (and no change) when the instance is already planned."""
+    if record.planned_at is not None:
+        return False
+    record.job = dict(job)
+    record.files = [FileState(**{**asdict(s), "touched_at": iso(now)}) for s in files]
+    record.planned_at = iso(now)
+    record.state = "pending"
+    record.finished_at = None
+    record.manifest = ManifestState()
+    if message is not None:
+        record.message = message
+    return True
+
+
+def mark(record: JobRecord, state: str, message: dict[str, Any] | None, info: dict[str, Any], now: float) -> None:
+    """Set the instance state and add `info`; a finished state stamps `finished_at`."""
+    if state not in STATES:
+        raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
+    record.state = state
+    record.info.update(info)
+    if message is not None:
+        record.message = message
+    if state == "running" and record.started_at is None:
+        record.started_at = iso(now)
+    if state in ("done", "failed"):
+        record.finished_at = iso(now)
+
+
+def _leased(lease_until: str | None, now: float) -> bool:
+    return bool(lease_until) and epoch(lease_until) > now  # type: ignore[arg-type]
+
+
+def claim(record: JobRecord, name: str, worker_id: str, lease_seconds: float, now: float) -> FileState | None:
+    """Take a file, or None when it is settled or leased to a live worker (an expired lease is taken over)."""
+    f = record.file(name)
+    if f.settled() or (f.state == "running" and _leased(f.lease_until, now)):
+        return None
+    if f.state == "pending" and f.checkpoint is not None:
+        f.continuations += 1
+    else:
+        f.attempts += 1
+    f.state, f.worker, f.lease_until = "running", worker_id, iso(now + lease_seconds)
+    f.started_at = f.started_at or iso(now)
+    f.touched_at = iso(now)
+    if record.state == "pending":
+        record.state = "running"
+    record.started_at = record.started_at or iso(now)
+    return FileState(**asdict(f))
+
+
+def checkpoint(record: JobRecord, name: str, state: dict[str, Any], worker_id: str | None, release: bool,
+               lease_seconds: float | None, now: float) -> FileState:
+    """Save where a file's work stands; release=True hands it to a continuation (back to `pending`)."""
+    f = record.file(name)
+    if f.state != "running" or (worker_id is not None and f.worker != worker_id):
+        raise LeaseLost(f"job instance {record.instance_id} file {name!r} is {f.state}"
+                        + (f" (worker {f.worker})" if f.worker else "")
+                        + f"; worker {worker_id} no longer holds it")
+    f.checkpoint, f.checkpointed_at, f.touched_at = state, iso(now), iso(now)
+    if release:
+        f.state, f.worker, f.lease_until = "pending", None, None
+    elif lease_seconds is not None:
+        f.lease_until = iso(now + lease_seconds)
+    return FileState(**asdict(f))
+
+
+def finish(record: JobRecord, name: str, result: dict[str, Any], worker_id: str | None, now: float,
+           manifest_lease: float) -> bool:
+    """Mark a file done; True to the one caller whose write settled the last file (it writes the manifest)."""
+    f = record.file(name)
+    if f.state == "done":
+        return False
+    f.state, f.result, f.error, f.retryable = "done", result, None, False
+    f.worker, f.lease_until, f.checkpoint = None, None, None
+    f.finished_at = f.touched_at = iso(now)
+    return settle(record, worker_id, now, manifest_lease)
+
+
+def fail(record: JobRecord, name: str, error: str, attempts: int, retryable: bool, worker_id: str | None,
+         now: float, manifest_lease: float) -> bool:
+    """Record why a file failed; retryable=False settles it for good. A file another worker holds
+    under a live lease keeps running (a poisoned duplicate must not fail work still going on)."""
+    f = record.file(name)
+    if f.state == "done":
+        return False
+    if f.state == "running" and f.worker != worker_id and _leased(f.lease_until, now):
+        f.error = str(error)[:MAX_ERROR_CHARS]
+        return False
+    f.state, f.error, f.retryable = "failed", str(error)[:MAX_ERROR_CHARS], retryable
+    f.attempts = max(f.attempts, int(attempts))
+    f.worker, f.lease_until = None, None
+    f.finished_at = f.touched_at = iso(now)
+    if retryable:
+        return False
+    return settle(record, worker_id, now, manifest_lease)
+
+
+def settle(record: JobRecord, worker_id: str | None, now: float, lease: float) -> bool:
+    """When every file is settled and nobody writes the manifest yet, the caller takes it."""
+    if not record.settled() or record.manifest.state != "pending":
+        return False
+    m = record.manifest
+    m.state, m.worker, m.lease_until = "writing", worker_id, iso(now + lease)
+    return True
+
+
+def claim_manifest(record: JobRecord, worker_id: str, lease_seconds: float, now: float) -> bool:
+    """Take over writing manifest.json: every file settled, not written, nobody holding a live lease."""
+    m = record.manifest
+    if not record.settled() or m.state == "done":
+        return False
+    if m.state == "writing" and _leased(m.lease_until, now):
+        return False
+    m.state, m.worker, m.lease_until = "writing", worker_id, iso(now + lease_seconds)
+    return True
+
+
+def release_manifest(record: JobRecord, worker_id: str | None, error: str) -> bool:
+    """A manifest write failed: give the claim back so the next delivery or sweep writes it."""
+    m = record.manifest
+    if m.state != "writing" or m.worker != worker_id:
+        return False
+    m.state, m.worker, m.lease_until = "pending", None, None
+    record.info["manifest_error"] = str(error)[:MAX_ERROR_CHARS]
+    return True
+
+
+def manifest_written(record: JobRecord, location: str, now: float) -> None:
+    """The manifest is in place: the instance ends `done`, or `failed` if any file failed."""
+    m = record.manifest
+    m.state, m.location, m.written_at = "done", location, iso(now)
+    m.worker = m.lease_until = None
+    record.info.pop("manifest_error", None)
+    record.state = "done" if all(f.state == "done" for f in record.files) else "failed"
+    record.finished_at = iso(now)
+
+
+def reset_failed(record: JobRecord, now: float) -> list[str]:
+    """Failed files, and running files whose lease lapsed, back to `pending` for an operator's re-run."""
+    names = []
+    for f in record.files:
+        stuck = f.state == "running" and not _leased(f.lease_until, now)
+        if f.state == "failed" or stuck:
+            f.state, f.retryable, f.worker, f.lease_until, f.finished_at = "pending", False, None, None, None
+            f.checkpoint = f.checkpointed_at = None  # a re-run starts the file afresh
+            f.touched_at, f.sweeps = iso(now), 0
+            names.append(f.name)
+    if names or record.state == "failed":
+        record.state = "running" if any(f.state == "done" for f in record.files) else "pending"
+        record.finished_at = None
+        record.manifest = ManifestState()
+    return names
+
+
+@dataclass
+class SweepResult:
+    """What one sweep found for an instance: files to send again, files it failed, a manifest to write."""
+
+    resend: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    complete: bool = False
+
+
+def sweep(record: JobRecord, worker_id: str, now: float, stale_after: float, max_sweeps: int,
+          manifest_lease: float) -> SweepResult:
+    """Find work nobody is doing: a file with an expired lease, or pending/retryable with no change
+    for `stale_after` seconds, is re-sent (at most `max_sweeps` times, then failed for good); a
+    settled instance without its manifest (and no live writer) is claimed for completion."""
+    out = SweepResult()
+    if record.planned_at is None or record.manifest.state == "done":
+        return out
+    for f in record.files:
+        if f.settled():
+            continue
+        if f.state == "running":
+            if _leased(f.lease_until, now):
+                continue
+        else:
+            touched = f.touched_at or record.updated_at or record.planned_at
+            if touched and epoch(touched) > now - stale_after:
+                continue
+        if f.sweeps >= max_sweeps:
+            error = f"no progress after {f.sweeps} re-sends by the sweeper" + (f"; last error: {f.error}" if f.error
+                                                                               else "")
+            f.state, f.error, f.retryable = "failed", error[:MAX_ERROR_CHARS], False
+            f.worker = f.lease_until = None
+            f.finished_at = f.touched_at = iso(now)
+            out.failed.append(f.name)
+        else:
+            f.sweeps += 1
+            f.touched_at = iso(now)
+            out.resend.append(f.name)
+    if record.settled():
+        out.complete = claim_manifest(record, worker_id, manifest_lease, now)
+    return out
+
+
+# ---- stores ----------------------------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """Where ledger documents live: conditional writes are the whole concurrency story."""
+
+    name: str
+
+    def read(self, key: str) -> tuple[bytes, str] | None:
+        """The document and its version tag, or None when it does not exist."""
+        ...
+
+    def write(self, key: str, data: bytes, etag: str | None) -> str:
+        """Write if the stored version is still `etag` (None: only if absent); raises StoreConflict."""
+        ...
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key starting with `prefix`."""
+        ...
+
+
+class MemoryStore:
+    """A store in a dict, for the CLI's replay, the demo's fast path and the state-machine tests."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.docs: dict[str, tuple[bytes, str]] = {}
+        self._lock = threading.Lock()
+        self._version = 0
+
+    def read(self, key: str) -> tuple[bytes, str] | None:
+        with self._lock:
+            return self.docs.get(key)
+
+    def write(self, key: str, data: bytes, etag: str | None) -> str:
+        with self._lock:
+            current = self.docs.get(key)
+            if (current is None) != (etag is None) or (current is not None and current[1] != etag):
+                raise StoreConflict(key)
+            self._version += 1
+            tag = f"v{self._version}"
+            self.docs[key] = (bytes(data), tag)
+            return tag
+
+    def keys(self, prefix: str) -> list[str]:
+        with self._lock:
+            return sorted(k for k in self.docs if k.startswith(prefix))
+
+
+# ---- the ledger: transitions applied to a store in a read-modify-write loop --------------------------------
+
+
 class Ledger:
-    """Per job instance plan and per file state, in blob storage, safe under concurrent writers."""
+    """Per job instance plan and per file state, safe under concurrent writers."""
 
     def __init__(
         self,
         connection_string: str | None = None,
         container: str = CONTAINER,
         *,
-        service: BlobServiceClient | None = None,
+        service: Any = None,
+        store: Store | None = None,
         clock: Callable[[], float] = time.time,
         max_attempts: int = 50,
     ) -> None:
-        if service is None:
-            if not connection_string:
-                raise ValueError("Ledger needs a connection string or a BlobServiceClient")
-            service = BlobServiceClient.from_connection_string(connection_string)
-        self._container = service.get_container_client(container)
-        self.container = container
+        if store is None:
+            from pipeline.ledger_blob import BlobStore  # the Azure SDK only when blob storage is used
+
+            store = BlobStore.connect(connection_string, container, service=service)
+        self.store = store
+        self.container = store.name
         self.clock = clock
         self.max_attempts = max_attempts
 
     @classmethod
     def from_settings(cls, container: str = CONTAINER) -> Ledger:
-        """The app's ledger: storage from AzureWebJobsStorage (or managed identity)."""
-        return cls(container=container, service=storage_client(BlobServiceClient, "blob"))
+        """The app's ledger: blob storage from AzureWebJobsStorage (or managed identity)."""
+        from pipeline.ledger_blob import BlobStore
+
+        return cls(store=BlobStore.from_settings(container))
+
+    @classmethod
+    def in_memory(cls, clock: Callable[[], float] = time.time) -> Ledger:
+        return cls(store=MemoryStore(), clock=clock)
 
     # ---- reading -------------------------------------------------------------------------------
 
     def blob_name(self, instance_id: str) -> str:
-        if not isinstance(instance_id, str) or not _INSTANCE_ID.match(instance_id):
-            raise ValueError(f"job instance id {instance_id!r} is not a plain id (letters, digits, . _ -)")
-        return f"{PREFIX}{instance_id}.json"
+        return f"{PREFIX}{check_id(instance_id)}.json"
 
     def get(self, instance_id: str) -> JobRecord | None:
         """The record as stored now, or None when the instance was never recorded."""
         name = self.blob_name(instance_id)
-        try:
-            download = self._container.get_blob_client(name).download_blob()
-            raw = download.readall()
-        except ResourceNotFoundError:
+        got = self.store.read(name)
+        if got is None:
             return None
+        raw, etag = got
         record = JobRecord.from_json(raw, f"ledger blob {self.container}/{name}")
         if record.instance_id != instance_id:
             raise LedgerError(
                 f"ledger blob {self.container}/{name} holds instance {record.instance_id!r}; fix or delete it"
             )
-        record.etag = download.properties.etag
+        record.etag = etag
         return record
 
     def list_instances(self) -> list[JobRecord]:
-        """Every recorded job instance, newest first; unreadable blobs are logged and skipped."""
+        """Every recorded job instance, newest first; unreadable documents are logged and skipped."""
         records = []
-        try:
-            names = [b.name for b in self._container.list_blobs(name_starts_with=PREFIX)]
-        except ResourceNotFoundError:
-            return []
-        for name in names:
+        for name in self.store.keys(PREFIX):
             instance_id = name[len(PREFIX):].removesuffix(".json")
             try:
                 record = self.get(instance_id)
@@ -274,7 +531,6 @@ class Ledger:
         have other side effects. When it changes nothing, nothing is written.
         """
         name = self.blob_name(instance_id)
-        blob = self._container.get_blob_client(name)
         for attempt in range(self.max_attempts):
             record = self.get(instance_id)
             if record is None:
@@ -285,18 +541,12 @@ class Ledger:
             result = fn(record)
             if record.etag and record.to_json() == before:
                 return record, result
-            record.updated_at = _iso(self.clock())
-            options: dict[str, Any] = (
-                {"etag": record.etag, "match_condition": MatchConditions.IfNotModified}
-                if record.etag
-                else {"match_condition": MatchConditions.IfMissing}
-            )
+            record.updated_at = iso(self.clock())
+            data = record.to_json()
             try:
-                etag = self._write(blob, record.to_json(), options)
-            except HttpResponseError as exc:
-                if exc.status_code not in (409, 412):  # 412: If-Match failed; 409/412: If-None-Match:*
-                    raise
-                log.debug("ledger %s: conflict %s on attempt %d, retrying", name, exc.status_code, attempt + 1)
+                etag = self.store.write(name, data, record.etag)
+            except StoreConflict:
+                log.debug("ledger %s: conflict on attempt %d, retrying", name, attempt + 1)
                 time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
                 continue
             record.etag = etag
@@ -305,22 +555,12 @@ class Ledger:
             f"ledger blob {self.container}/{name}: gave up after {self.max_attempts} conflicting writes"
         )
 
-    def _write(self, blob: Any, data: bytes, options: dict[str, Any]) -> str:
-        content = ContentSettings(content_type="application/json")
-        try:
-            return blob.upload_blob(data, overwrite=True, content_settings=content, **options)["etag"]
-        except ResourceNotFoundError as exc:  # first write ever: create the container, then retry
-            if getattr(exc, "error_code", None) != "ContainerNotFound":
-                raise
-            try:
-                self._container.create_container()
-            except ResourceExistsError:
-                pass
-            return blob.upload_blob(data, overwrite=True, content_settings=content, **options)["etag"]
-
     def update(self, instance_id: str, fn: Callable[[JobRecord], Any]) -> JobRecord:
         """Change a record with `fn` (which mutates it; it may run more than once) and return it."""
         return self._transact(instance_id, fn)[0]
+
+    def _apply(self, instance_id: str, transition: Callable[..., T], *args: Any) -> T:
+        return self._transact(instance_id, lambda r: transition(r, *args))[1]
 
     # ---- plan and instance ---------------------------------------------------------------------
 
@@ -337,7 +577,9 @@ class Ledger:
         `files` are dicts with at least "name"; the rest is kept as the file's `info`. `message`
         is the original alma-export-jobs queue message, kept so `requeue` can send it again.
         """
-        states = []
+        if len(files) > MAX_FILES:
+            raise ValueError(f"job instance {instance_id} has {len(files)} files; at most {MAX_FILES} are planned")
+        states: list[FileState] = []
         for f in files:
             name = f.get("name") if isinstance(f, dict) else None
             if not isinstance(name, str) or not name:
@@ -345,22 +587,8 @@ class Ledger:
             if any(s.name == name for s in states):
                 raise ValueError(f"file {name!r} is planned twice for job instance {instance_id}")
             states.append(FileState(name=name, info={k: v for k, v in f.items() if k != "name"}))
-
-        def plan(record: JobRecord) -> bool:
-            if record.planned_at is not None:
-                return False
-            now = _iso(self.clock())
-            record.job = dict(job)
-            record.files = [FileState(**asdict(s)) for s in states]
-            record.planned_at = now
-            record.state = "pending"
-            record.finished_at = None
-            record.manifest = ManifestState()
-            if message is not None:
-                record.message = message
-            return True
-
-        return self._transact(instance_id, plan, create=lambda: JobRecord(instance_id=instance_id))
+        return self._transact(instance_id, lambda r: plan(r, job, states, message, self.clock()),
+                              create=lambda: JobRecord(instance_id=instance_id))
 
     def mark_instance(
         self, instance_id: str, state: str, *, message: dict[str, Any] | None = None, **info: Any
@@ -369,213 +597,56 @@ class Ledger:
         so a job that failed before it was planned is still recorded (with its message)."""
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
-
-        def mark(record: JobRecord) -> None:
-            now = _iso(self.clock())
-            record.state = state
-            record.info.update(info)
-            if message is not None:
-                record.message = message
-            if state == "running" and record.started_at is None:
-                record.started_at = now
-            if state in ("done", "failed"):
-                record.finished_at = now
-
-        return self._transact(instance_id, mark, create=lambda: JobRecord(instance_id=instance_id))[0]
+        return self._transact(instance_id, lambda r: mark(r, state, message, info, self.clock()),
+                              create=lambda: JobRecord(instance_id=instance_id))[0]
 
     # ---- files ---------------------------------------------------------------------------------
 
     def claim_file(self, instance_id: str, name: str, worker_id: str, lease_seconds: float) -> FileState | None:
-        """Take a file to work on, or None when it is done, failed for good, or leased to a live worker.
+        """Take a file to work on (see `claim`); the returned state carries the last checkpoint."""
+        return self.claim_file_in(instance_id, name, worker_id, lease_seconds)[1]
 
-        A running file whose lease expired is claimed again: its worker was probably killed. The
-        returned state carries the last checkpoint, if any, to resume from.
-        """
+    def claim_file_in(self, instance_id: str, name: str, worker_id: str,
+                      lease_seconds: float) -> tuple[JobRecord, FileState | None]:
+        """`claim_file`, with the record as the claim left it (one read instead of two)."""
+        return self._transact(instance_id, lambda r: claim(r, name, worker_id, lease_seconds, self.clock()))
 
-        def claim(record: JobRecord) -> FileState | None:
-            f = record.file(name)
-            now = self.clock()
-            if f.state == "done" or (f.state == "failed" and not f.retryable):
-                return None
-            if f.state == "running" and f.lease_until and _epoch(f.lease_until) > now:
-                return None
-            if f.state == "pending" and f.checkpoint is not None:
-                f.continuations += 1
-            else:
-                f.attempts += 1
-            f.state = "running"
-            f.worker = worker_id
-            f.lease_until = _iso(now + lease_seconds)
-            f.started_at = f.started_at or _iso(now)
-            if record.state == "pending":
-                record.state = "running"
-            record.started_at = record.started_at or _iso(now)
-            return FileState(**asdict(f))
+    def checkpoint_file(self, instance_id: str, name: str, state: dict[str, Any], *, worker_id: str | None = None,
+                        release: bool = True, lease_seconds: float | None = None) -> FileState:
+        """Save where a file's work stands (see `checkpoint`); LeaseLost if `worker_id` lost the file."""
+        return self._transact(instance_id, lambda r: checkpoint(r, name, state, worker_id, release, lease_seconds,
+                                                                self.clock()))[1]
 
-        return self._transact(instance_id, claim)[1]
+    def finish_file(self, instance_id: str, name: str, result: dict[str, Any], *, worker_id: str | None = None,
+                    manifest_lease_seconds: float = 600) -> bool:
+        """Mark a file done; True to exactly one caller, the one whose write settled the last file."""
+        return self._transact(instance_id, lambda r: finish(r, name, result, worker_id, self.clock(),
+                                                            manifest_lease_seconds))[1]
 
-    def checkpoint_file(
-        self,
-        instance_id: str,
-        name: str,
-        checkpoint: dict[str, Any],
-        *,
-        worker_id: str | None = None,
-        release: bool = True,
-        lease_seconds: float | None = None,
-    ) -> FileState:
-        """Save where a file's work stands.
-
-        release=True (a continuation): the file goes back to `pending` with its checkpoint, and the
-        next claim resumes there. release=False: the worker keeps the file and may extend its lease.
-        With `worker_id`, a worker that lost its lease gets LeaseLost instead of overwriting.
-        """
-
-        def save(record: JobRecord) -> FileState:
-            f = record.file(name)
-            if f.state != "running" or (worker_id is not None and f.worker != worker_id):
-                raise LeaseLost(
-                    f"job instance {instance_id} file {name!r} is {f.state}"
-                    + (f" (worker {f.worker})" if f.worker else "")
-                    + f"; worker {worker_id} no longer holds it"
-                )
-            now = self.clock()
-            f.checkpoint = checkpoint
-            f.checkpointed_at = _iso(now)
-            if release:
-                f.state, f.worker, f.lease_until = "pending", None, None
-            elif lease_seconds is not None:
-                f.lease_until = _iso(now + lease_seconds)
-            return FileState(**asdict(f))
-
-        return self._transact(instance_id, save)[1]
-
-    def finish_file(
-        self,
-        instance_id: str,
-        name: str,
-        result: dict[str, Any],
-        *,
-        worker_id: str | None = None,
-        manifest_lease_seconds: float = 600,
-    ) -> bool:
-        """Mark a file done with its result (counts, output paths, hashes).
-
-        Returns True to exactly one caller: the one whose write settled the last file. That caller
-        writes manifest.json and then calls `manifest_written`. A file already done is left alone
-        (False), so redeliveries are harmless.
-        """
-
-        def finish(record: JobRecord) -> bool:
-            f = record.file(name)
-            if f.state == "done":
-                return False
-            now = self.clock()
-            f.state, f.result, f.error, f.retryable = "done", result, None, False
-            f.worker, f.lease_until, f.checkpoint = None, None, None
-            f.finished_at = _iso(now)
-            return self._settle(record, worker_id, now, manifest_lease_seconds)
-
-        return self._transact(instance_id, finish)[1]
-
-    def fail_file(
-        self,
-        instance_id: str,
-        name: str,
-        error: str,
-        attempts: int,
-        *,
-        retryable: bool = False,
-        worker_id: str | None = None,
-        manifest_lease_seconds: float = 600,
-    ) -> bool:
-        """Record why a file failed. retryable=False (a poison message) settles it for good.
-
-        A file that another worker holds under a live lease keeps running (only the error is
-        noted): a poisoned duplicate message must not fail work that is still going on.
-
-        Returns True, like finish_file, to the one caller whose write settled the last file: it
-        writes the manifest (listing the failure) and notifies. A file already done is left alone.
-        """
-
-        def fail(record: JobRecord) -> bool:
-            f = record.file(name)
-            if f.state == "done":
-                return False
-            now = self.clock()
-            if f.state == "running" and f.worker != worker_id and f.lease_until and _epoch(f.lease_until) > now:
-                # A duplicate message gave up while another worker holds the file: that worker
-                # decides. Keep the error for the record; the file stays running.
-                f.error = str(error)[:MAX_ERROR_CHARS]
-                return False
-            f.state, f.error, f.retryable = "failed", str(error)[:MAX_ERROR_CHARS], retryable
-            f.attempts = max(f.attempts, int(attempts))
-            f.worker, f.lease_until = None, None
-            f.finished_at = _iso(now)
-            if retryable:
-                return False
-            return self._settle(record, worker_id, now, manifest_lease_seconds)
-
-        return self._transact(instance_id, fail)[1]
-
-    def _settle(self, record: JobRecord, worker_id: str | None, now: float, lease: float) -> bool:
-        if not record.settled() or record.manifest.state != "pending":
-            return False
-        record.manifest.state = "writing"
-        record.manifest.worker = worker_id
-        record.manifest.lease_until = _iso(now + lease)
-        return True
+    def fail_file(self, instance_id: str, name: str, error: str, attempts: int, *, retryable: bool = False,
+                  worker_id: str | None = None, manifest_lease_seconds: float = 600) -> bool:
+        """Record why a file failed (see `fail`); True, like finish_file, to the caller that settled the job."""
+        return self._transact(instance_id, lambda r: fail(r, name, error, attempts, retryable, worker_id,
+                                                          self.clock(), manifest_lease_seconds))[1]
 
     def claim_manifest(self, instance_id: str, worker_id: str, lease_seconds: float = 600) -> bool:
-        """Take over writing manifest.json when every file is settled and nobody holds it (the
-        writer may have died after finish_file returned True). False when done or held."""
+        """Take over writing manifest.json (the writer may have died or failed): False when done or held."""
+        return self._transact(instance_id, lambda r: claim_manifest(r, worker_id, lease_seconds, self.clock()))[1]
 
-        def claim(record: JobRecord) -> bool:
-            now = self.clock()
-            m = record.manifest
-            if not record.settled() or m.state == "done":
-                return False
-            if m.state == "writing" and m.lease_until and _epoch(m.lease_until) > now:
-                return False
-            m.state, m.worker, m.lease_until = "writing", worker_id, _iso(now + lease_seconds)
-            return True
-
-        return self._transact(instance_id, claim)[1]
+    def release_manifest(self, instance_id: str, worker_id: str | None, error: str) -> bool:
+        """Give a manifest claim back after a failed write."""
+        return self._transact(instance_id, lambda r: release_manifest(r, worker_id, error))[1]
 
     def manifest_written(self, instance_id: str, location: str) -> JobRecord:
         """The manifest is in place: the instance ends `done`, or `failed` if any file failed."""
-
-        def written(record: JobRecord) -> None:
-            now = _iso(self.clock())
-            record.manifest.state, record.manifest.location = "done", location
-            record.manifest.written_at = now
-            record.manifest.worker = record.manifest.lease_until = None
-            record.state = "done" if all(f.state == "done" for f in record.files) else "failed"
-            record.finished_at = now
-
-        return self._transact(instance_id, written)[0]
+        return self._transact(instance_id, lambda r: manifest_written(r, location, self.clock()))[0]
 
     def reset_failed(self, instance_id: str) -> list[str]:
-        """Put failed files (and running files whose lease lapsed: their worker died and no message
-        is left for them) back to `pending` for a re-run, and reopen the instance and manifest.
+        """Put failed and stuck files back to `pending` and reopen the instance (see `reset_failed`)."""
+        return self._transact(instance_id, lambda r: reset_failed(r, self.clock()))[1]
 
-        Returns the names of the files reset; they restart from the beginning (checkpoints are
-        dropped). Their last error and attempts stay for the record.
-        """
-
-        def reset(record: JobRecord) -> list[str]:
-            names = []
-            now = self.clock()
-            for f in record.files:
-                stuck = f.state == "running" and (f.lease_until is None or _epoch(f.lease_until) <= now)
-                if f.state == "failed" or stuck:
-                    f.state, f.retryable, f.worker, f.lease_until, f.finished_at = "pending", False, None, None, None
-                    f.checkpoint = f.checkpointed_at = None  # a re-run starts the file afresh
-                    names.append(f.name)
-            if names or record.state == "failed":
-                record.state = "running" if any(f.state == "done" for f in record.files) else "pending"
-                record.finished_at = None
-                record.manifest = ManifestState()
-            return names
-
-        return self._transact(instance_id, reset)[1]
+    def sweep(self, instance_id: str, worker_id: str, stale_after: float, max_sweeps: int,
+              manifest_lease_seconds: float = 600) -> SweepResult:
+        """One sweep of one instance (see `sweep`)."""
+        return self._transact(instance_id, lambda r: sweep(r, worker_id, self.clock(), stale_after, max_sweeps,
+                                                           manifest_lease_seconds))[1]

@@ -111,12 +111,16 @@ REGISTRY: dict[str, Setting] = {
         Setting("MAX_EXPANDED_MIB", "int", 20480,
                 "Cap on the bytes one compressed export file may expand to (decompression-bomb guard).",
                 "20480", minimum=1),
+        Setting("MAX_ARCHIVE_MEMBERS", "int", 10000,
+                "Cap on the members one tar or zip export file may have; a file with more fails.",
+                "10000", minimum=1),
         Setting("OUTPUT_PER_RECORD", "str", None,
                 "Write one file per record with this path template instead of one file per input.",
                 "records/{001}.xml"),
-        Setting("DESTINATION", "str", "out",
-                "Where outputs go: dropbox:/path/{job_name}/{date} or a local folder (file:///path or a path).",
-                "dropbox:/Alma exports/{job_name}/{date}"),
+        Setting("DESTINATION", "str", "out/{job_name}/{instance_id}",
+                "Where outputs go: dropbox:/path/... or a local folder (file:///path or a path; absolute in "
+                "Azure). Without {instance_id}, /{instance_id} is appended: two job instances never share a "
+                "folder.", "dropbox:/Alma exports/{job_name}/{date}/{instance_id}"),
         # Dropbox
         Setting("DROPBOX_APP_KEY", "str", None, "Dropbox app key.", "abcd1234efgh567"),
         Setting("DROPBOX_APP_SECRET", "secret", None,
@@ -130,6 +134,9 @@ REGISTRY: dict[str, Setting] = {
         Setting("WORKER_TIME_BUDGET", "float", None,
                 "Seconds one invocation may work on a file before it checkpoints and continues in a new "
                 "message; default derived from host.json functionTimeout.", "540", minimum=0.001),
+        Setting("SWEEP_SCHEDULE", "str", "0 */15 * * * *",
+                "When the sweeper (sweep_jobs) looks for stuck jobs: an NCRONTAB schedule with seconds; the "
+                "host reads it from the app setting, so set it in Azure.", "0 */15 * * * *"),
         Setting("NOTIFY_URL", "secret", None,
                 "Teams/Slack incoming webhook or any URL that receives a summary per finished job (https; "
                 "http only to a loopback address; redirects are not followed).",

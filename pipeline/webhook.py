@@ -32,6 +32,7 @@ from pipeline.events import (
     parse_event,
     serialize_message,
 )
+from pipeline.messages import check_id
 from pipeline.settings import SettingError
 
 log = logging.getLogger("pipeline.webhook")
@@ -112,6 +113,11 @@ def handle_job_end(event: Event, config: Config, received_at: str) -> Decision:
     job = event.job_instance
     if job is None:
         raise EventError("job_instance is missing (JOB_END events carry the job instance)")
+    for what, value in (("job_instance.id", job.id), ("job_instance.job_info.id", job.job_id)):
+        try:
+            check_id(value, what)  # the ledger's rule: an id it would refuse is refused here, with the reason
+        except ValueError as exc:
+            raise EventError(str(exc)) from None
     if job.status.upper() not in config.statuses:
         return Decision(False, f"job status {job.status} is not one of EXPORT_JOB_STATUSES")
     if config.job_filter is not None:

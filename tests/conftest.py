@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline import azurite as azurite_launcher
+from pipeline.dev import azurite as azurite_launcher
 from pipeline.settings import REGISTRY
 
 

@@ -56,6 +56,7 @@ def test_sample_settings_file_is_generated_from_the_registry():
 
     committed = json.loads((ROOT / "local.settings.sample.json").read_text())
     assert committed == json.loads(sample())
+    assert "AzureWebJobsFeatureFlags" not in committed["Values"]  # EnableWorkerIndexing is obsolete
     assert set(committed["Values"]) - {"FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags"} == set(settings.REGISTRY)
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import azure.functions as func
 import pytest
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import QueueClient
 
 from pipeline.cli import main
-from pipeline.devhost import registered_functions, user_function
+from pipeline.dev.host import host_messages, registered_functions, user_function
 from pipeline.events import parse_queue_message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,9 +30,9 @@ class Out:
     """An output binding as the host passes it: the function calls `.set()`."""
 
     def __init__(self) -> None:
-        self.calls: list[str] = []
+        self.calls: list[bytes] = []
 
-    def set(self, value: str) -> None:
+    def set(self, value: bytes) -> None:
         self.calls.append(value)
 
 
@@ -114,16 +114,33 @@ def test_unconfigured_secret_is_503_and_queues_nothing(clean_env):
 
 
 def test_queued_message_travels_through_a_real_queue(env, azurite, unique_name):
-    """The host base64-encodes output-binding messages (host.json messageEncoding); do the same into
-    Azurite and read it back as the worker's trigger would."""
+    """The host base64-encodes output-binding messages (host.json messageEncoding) and enqueues a bytes
+    output as written; do the same into Azurite and read it back as the worker's trigger would."""
+    from azure.storage.queue import BinaryBase64DecodePolicy, BinaryBase64EncodePolicy
+
     _, out = call(body=JSON_BODY, headers={"X-Exl-Signature": sign(JSON_BODY)})
+    (wire,) = host_messages(out.calls[0])
+    assert wire == out.calls[0]  # bytes: what the webhook wrote is exactly what is queued
     queue = QueueClient.from_connection_string(azurite.connection_string, unique_name,
-                                               message_encode_policy=TextBase64EncodePolicy(),
-                                               message_decode_policy=TextBase64DecodePolicy())
+                                               message_encode_policy=BinaryBase64EncodePolicy(),
+                                               message_decode_policy=BinaryBase64DecodePolicy())
     queue.create_queue()
-    queue.send_message(out.calls[0])
+    queue.send_message(wire)
     (received,) = list(queue.receive_messages())
+    assert received.content == out.calls[0]
     assert parse_queue_message(received.content) == parse_queue_message(out.calls[0])
+
+
+def test_the_host_would_rewrite_the_job_message_if_it_were_a_str(env):
+    """Why the webhook's output is bytes: a JSON-looking `str` is re-parsed and re-serialised by the
+    host's Json.NET (host#9581): indented, and a time with milliseconds loses its trailing zeros."""
+    _, out = call(body=JSON_BODY, headers={"X-Exl-Signature": sign(JSON_BODY)})
+    text = out.calls[0].decode("utf-8")
+    (rewritten,) = host_messages(text)
+    assert rewritten != out.calls[0] and rewritten.startswith(b"{\n  ")
+    assert json.loads(text)["end_time"] == "2026-11-20T03:12:44.870Z"
+    assert json.loads(rewritten)["end_time"] == "2026-11-20T03:12:44.87Z"
+    assert host_messages("[" + text + "," + text + "]") == [rewritten, rewritten]  # python-worker#1492: split
 
 
 @pytest.mark.parametrize("args", [["demo", "--webhook-only"], ["demo", "--webhook-only", "--xml"]])
@@ -142,7 +159,7 @@ def test_demo_runs_the_whole_flow_into_the_out_folder(clean_env, capsys, tmp_pat
     assert main(["demo", "--xml", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "HTTP 202 application/json" in printed and "job instance 8816243980004146: done" in printed
-    folder = tmp_path / "Export Bibliographic Records" / "2026-11-20"
+    folder = tmp_path / "Export Bibliographic Records" / "2026-11-20" / "8816243980004146"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["state"] == "done"
     assert [f["name"] for f in manifest["files"]] == [
@@ -175,7 +192,7 @@ def test_every_function_has_annotations_the_python_worker_can_bind():
 
     import azure.functions as func
 
-    from pipeline.devhost import registered_functions
+    from pipeline.dev.host import registered_functions
 
     outputs = []
     for name, fn in registered_functions().items():
@@ -183,6 +200,6 @@ def test_every_function_has_annotations_the_python_worker_can_bind():
         for param, hint in hints.items():
             if typing.get_origin(hint) is func.Out:
                 (arg,) = typing.get_args(hint)
-                assert arg is str or arg == typing.List[str], (name, param, hint)  # noqa: UP006
+                assert arg is bytes or arg == typing.List[str], (name, param, hint)  # noqa: UP006
                 outputs.append(param)
-    assert sorted(outputs) == ["files", "more", "msg"]  # every output binding was checked
+    assert sorted(outputs) == ["files", "files", "more", "msg"]  # every output binding was checked

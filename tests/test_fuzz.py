@@ -21,7 +21,7 @@ import pymarc
 import pytest
 
 from pipeline.destinations.local import LocalDestination
-from pipeline.devhost import user_function
+from pipeline.dev.host import user_function
 from pipeline.events import parse_queue_message
 from pipeline.marc.engine import Input, process_file
 from tests.fuzz_support import ALLOWED, marc_inputs, sign, webhook_bodies
@@ -62,7 +62,7 @@ def test_webhook_fuzz_through_the_registered_function(clean_env):
         if status == 202:
             (message,) = out.calls
             parse_queue_message(message)
-            message.encode("utf-8")
+            message.decode("utf-8")  # bytes, as the host enqueues them: valid UTF-8
             queued += 1
         else:
             assert out.calls == []

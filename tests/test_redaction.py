@@ -17,7 +17,7 @@ import requests
 from azure.storage.blob import BlobServiceClient
 
 from pipeline import redact, worker
-from pipeline.devhost import DevHost
+from pipeline.dev.host import DevHost
 from pipeline.hostconfig import HostConfig
 from pipeline.ledger import CONTAINER
 from tests import marcgen

@@ -408,7 +408,7 @@ def test_blob_explicit_connection_and_missing_settings(blob_container, clean_env
         open_source(f"blob://{name}/x", {"EXPORT_SOURCE_CONNECTION": "not a connection string"})
     with pytest.raises(SourceFileNotFound, match="container"):
         open_source(f"blob://{name}-nope/x", env).list()
-    from pipeline.azurite import KEY
+    from pipeline.dev.azurite import KEY
 
     wrong = {"EXPORT_SOURCE_CONNECTION": azurite.connection_string.replace(KEY, "d3Jvbmc=" * 11)}
     with pytest.raises(SourceError, match="cannot list") as err:

@@ -1,6 +1,6 @@
 """The product end to end: signed webhook -> Azurite queues -> plan_export -> process_export_file ->
 fake Dropbox (real SDK), with the fake Alma API and a real SFTP server, through the registered
-functions of function_app.py driven the way the Functions host drives them (pipeline/devhost.py).
+functions of function_app.py driven the way the Functions host drives them (pipeline/dev/host.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from pipeline import worker
 from pipeline.destinations.local import LocalDestination
-from pipeline.devhost import DevHost
+from pipeline.dev.host import DevHost
 from pipeline.hostconfig import HostConfig
 from pipeline.ledger import Ledger
 from pipeline.marc.engine import Input, process
@@ -266,15 +266,16 @@ def test_worker_killed_mid_file_completes_after_redelivery(e2e, alma, dropbox, e
 
     # Redelivery: the message reappears once its invisibility lapses; the ledger lease lapses too.
     os.environ["WORKER_TIME_BUDGET"] = "1"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        host.drain(timeout=120)
+        host.drain(timeout=300)
         record = ledger.get(instance_id)
         if record.manifest.state == "done":
             break
         time.sleep(0.5)
     record = ledger.get(instance_id)
-    assert record.state == "done", [(f.name, f.state, f.error) for f in record.files]
+    assert record.state == "done", ([(f.name, f.state, f.error) for f in record.files],
+                                    [(i.outcome, i.error) for i in host.history])
     assert record.file(killed_during).attempts == 2  # taken over after its worker died
     got = stored(dropbox, folder(event))
     got.pop("manifest.json")

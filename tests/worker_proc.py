@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import worker  # noqa: E402
 from pipeline.destinations import open_destination  # noqa: E402
-from pipeline.devhost import DevHost  # noqa: E402
+from pipeline.dev.host import DevHost  # noqa: E402
 from pipeline.hostconfig import HostConfig  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 The sample JOB_END event, signed -> the registered `alma_webhook` -> an Azurite queue ->
 `plan_export` (Alma answered by the bundled sample job instance, or by the real API when
 ALMA_API_KEY is set) -> `process_export_file` over samples/exports/ -> outputs and manifest.json
-in ./out/. The functions are driven the way the Functions host drives them (pipeline/devhost.py);
+in ./out/. The functions are driven the way the Functions host drives them (pipeline/dev/host.py);
 people with Core Tools can run the same app with `func start`.
 
 This is a local driver, so unlike `pipeline/` proper it loads `function_app` and
@@ -56,7 +56,7 @@ class WebhookCall:
     status: int
     headers: dict[str, str]
     body: str
-    message: str | None
+    message: bytes | None
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -85,7 +85,7 @@ def demo_settings(**values: str) -> Iterator[None]:
 
 
 def webhook_call(call: Any) -> WebhookCall:
-    """The answer and the queue message of one `alma_webhook` invocation (a devhost.HttpCall)."""
+    """The answer and the queue message of one `alma_webhook` invocation (a pipeline.dev.host.HttpCall)."""
     response = call.response
     return WebhookCall(status=response.status_code, headers=dict(response.headers),
                        body=response.get_body().decode("utf-8"), message=call.outputs["msg"].get())
@@ -99,7 +99,7 @@ def signed_request(body: bytes, content_type: str, secret: str = DEMO_SECRET) ->
 
 def send_event(body: bytes, secret: str = DEMO_SECRET, content_type: str = "application/json") -> WebhookCall:
     """POST one signed event to the registered `alma_webhook` the way the host does (no delivery)."""
-    from pipeline.devhost import invoke_http
+    from pipeline.dev.host import invoke_http
 
     with demo_settings(ALMA_WEBHOOK_SECRET=secret, ALMA_WEBHOOK_ALLOW_UNSIGNED="false"):
         call = invoke_http("alma_webhook", "POST", f"{LISTENER_URL}?code=demo",
@@ -114,7 +114,7 @@ def print_call(call: WebhookCall) -> None:
     if call.message is None:
         print("queue alma-export-jobs: (no message)")
     else:
-        print(f"queue alma-export-jobs: {len(call.message.encode('utf-8'))} bytes")
+        print(f"queue alma-export-jobs: {len(call.message)} bytes")
         print(json.dumps(json.loads(call.message), indent=2, ensure_ascii=False))
 
 
@@ -143,7 +143,7 @@ def pipeline_settings(out: str, storage: str) -> dict[str, str]:
     """The demo's embedded defaults; anything the user already set wins, except storage and secret."""
     defaults = {
         "EXPORT_SOURCE": SAMPLE_EXPORTS.as_uri(),
-        "DESTINATION": str(Path(out) / "{job_name}" / "{date}"),
+        "DESTINATION": str(Path(out).resolve() / "{job_name}" / "{date}" / "{instance_id}"),
         "TRANSFORM_RULES": str(SAMPLE_RULES),
         "OUTPUT_FORMAT": "marcxml",
     }
@@ -222,8 +222,9 @@ def run(args: argparse.Namespace) -> int:
 
     import logging
 
-    from pipeline import azurite, hostconfig
-    from pipeline.devhost import DevHost
+    from pipeline import hostconfig
+    from pipeline.dev import azurite
+    from pipeline.dev.host import DevHost
     from pipeline.hostconfig import HostConfig
 
     logging.getLogger("azure").setLevel(logging.WARNING)

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.list:
             return _list(ledger)
-        from pipeline.ledger import storage_client
+        from pipeline.ledger_blob import storage_client
 
         queue = storage_client(QueueClient, "queue", args.queue,
                                message_encode_policy=TextBase64EncodePolicy(),

@@ -42,7 +42,7 @@ def table() -> str:
 
 
 def sample() -> str:
-    values = {"FUNCTIONS_WORKER_RUNTIME": "python", "AzureWebJobsFeatureFlags": "EnableWorkerIndexing"}
+    values = {"FUNCTIONS_WORKER_RUNTIME": "python"}  # worker indexing is the default: no feature flag
     for s in settings.REGISTRY.values():
         values[s.name] = "UseDevelopmentStorage=true" if s.name == "AzureWebJobsStorage" else _shown_default(s)
     return json.dumps({"IsEncrypted": False, "Values": values}, indent=2) + "\n"

@@ -240,3 +240,9 @@ def max_expanded_default() -> int:
     from pipeline import settings
 
     return int(settings.get("MAX_EXPANDED_MIB")) << 20
+
+
+def max_members_default() -> int:
+    from pipeline import settings
+
+    return int(settings.get("MAX_ARCHIVE_MEMBERS"))

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 
 from pipeline.destinations.base import Destination, DestinationError, OutputResult
 from pipeline.marc import marc21, marcjson, marcxml
-from pipeline.marc.detect import CountingReader, Member, max_expanded_default, open_members
+from pipeline.marc.detect import CountingReader, Member, max_expanded_default, max_members_default, open_members
 from pipeline.marc.encoders import Encoder, get_encoder
 from pipeline.marc.framing import Frame, InputError, frames_terminated
 from pipeline.marc.record import Record, RecordError
@@ -462,8 +462,8 @@ class _MemberRun:
         log.debug("%s: record %d rejected (%s): %s", self.member.name, index, stage, error)
 
     def finish(self, complete: bool) -> None:
-        if self.sink is None and self.first_index >= self.start_record:
-            self.open_sink()  # an input without records still gets its (empty) output
+        if self.sink is None and self.first_index >= self.start_record and "/" not in self.member.name:
+            self.open_sink()  # an input without records still gets its (empty) output; an archive member not
         if self.sink is not None:
             self.result.outputs.extend(self.sink.end(complete))
             self.sink = None
@@ -531,6 +531,7 @@ def process_file(
     progress: Callable[[int, int], None] | None = None,
     pool: WorkerPool | None = None,
     used_stems: set[str] | None = None,
+    max_members: int | None = None,
 ) -> FileResult:
     """Process one input (every member of a container) into `destination`; never raises for bad data
     (`FileResult.error` says what failed). A `DestinationError` (delivery failed) is raised after the
@@ -541,7 +542,8 @@ def process_file(
     boundary and returns `complete=False` with `records_done`. Call again with
     `start_record=records_done` to continue: earlier records are skipped unparsed and no header is
     written again (the sink decides how parts join). `progress(records, bytes_read)` is called after
-    each batch. `pool` shares worker processes between files (see `process`).
+    each batch. `pool` shares worker processes between files (see `process`). An archive with more
+    than `max_members` members (default MAX_ARCHIVE_MEMBERS) fails the file.
     """
     started = time.monotonic()
     result = FileResult(name=input.name, records_done=start_record)
@@ -549,6 +551,7 @@ def process_file(
     factory = sink_factory or FileSink.factory
     cap = max_expanded_bytes if max_expanded_bytes is not None else max_expanded_default()
     stems = used_stems if used_stems is not None else set()
+    member_cap = max_members if max_members is not None else max_members_default()
     own_pool = None
     if pool is None:
         wanted = workers if workers is not None else (
@@ -568,6 +571,9 @@ def process_file(
     counting = CountingReader(source)
     try:
         for member in open_members(input.name, counting, max_expanded=cap):
+            if len(result.members) >= member_cap:
+                raise InputError(f"{input.name}: more than {member_cap} members (MAX_ARCHIVE_MEMBERS); "
+                                 "not processed further")
             result.members.append(member.name)
             result.input_format = result.input_format or member.format
             current = _MemberRun(member, _unique(member.stem, stems), counter[0], start_record, destination,

@@ -51,7 +51,7 @@ class Azurite:
 
 
 def find_executable(root: Path | None = None) -> str:
-    root = root or Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parents[2]
     local = root / "node_modules" / ".bin" / "azurite"
     if local.exists():
         return str(local)

@@ -4,27 +4,34 @@ Core Tools (`func start`) is the real local host; people who have it should use 
 exists so `make demo`, the end-to-end tests and bench/e2e.py run the *registered* functions of
 `function_app.py` the way the host does, without Core Tools: it builds `func.HttpRequest` and
 `func.QueueMessage` objects (with `dequeue_count`), gives output bindings objects with `.set()`,
-sends their values base64-encoded (as the host does), deletes a message after success, and after a
-failure either makes it visible again after `visibilityTimeout` or, at `maxDequeueCount`, moves it
-to `<queue>-poison`, all read from host.json.
+encodes their values with the real `azure.functions` converter and enqueues them as the host does
+(base64; a `str` that looks like JSON re-serialised by Json.NET, a JSON-array `str` split into one
+message per element, bytes and list elements as written), deletes a message after success, and
+after a failure either makes it visible again after `visibilityTimeout` or, at `maxDequeueCount`,
+moves it to `<queue>-poison`; a message on a `-poison` queue is never moved (the host has no poison
+queue for a poison queue): it comes back when its hold lapses, forever if its handler keeps failing.
+Timer functions run when `run_timer` is called.
 
-It is development tooling: the only module under pipeline/ that loads `function_app` and
-`azure.functions`, and it does so lazily; nothing that runs in Azure imports it.
+It is development tooling (pipeline/dev/ is not deployed): the only code that loads `function_app`
+for local runs, lazily; nothing that runs in Azure imports it.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from pipeline.hostconfig import HostConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +42,68 @@ def registered_functions() -> dict[str, Any]:
     import function_app
 
     return {fn.get_function_name(): fn for fn in function_app.app.get_functions()}
+
+
+_ISO_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{1,7})?(Z|[+-]\d{2}:\d{2})?$")
+
+
+def _jsonnet_date(text: str, local: timezone = UTC) -> str:
+    """A string Json.NET reads as a date, written back as it writes dates: trailing zeros of the
+    fraction dropped, UTC as `Z`, an offset converted to the host's local time (UTC in Azure)."""
+    match = _ISO_DATE.match(text)
+    if not match:
+        return text
+    base, fraction, zone = match.groups()
+    digits = (fraction or ".")[1:].ljust(7, "0")
+    if zone and zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        offset = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+        moment = datetime.fromisoformat(base).replace(tzinfo=offset) + timedelta(microseconds=int(digits) // 10)
+        moment = moment.astimezone(local)
+        base, digits = moment.strftime("%Y-%m-%dT%H:%M:%S"), f"{moment.microsecond:06d}0"
+        zone = moment.strftime("%z")
+        zone = f"{zone[:3]}:{zone[3:]}"  # a local time keeps an offset, even +00:00
+    trimmed = digits.rstrip("0")
+    return base + (f".{trimmed}" if trimmed else "") + (zone or "")
+
+
+def _jsonnet_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return _jsonnet_date(value)
+    if isinstance(value, list):
+        return [_jsonnet_values(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonnet_values(v) for k, v in value.items()}
+    return value
+
+
+def jsonnet_reserialise(text: str) -> str:
+    """What the host's Json.NET makes of JSON text it parsed: indented by two spaces, dates rewritten."""
+    return json.dumps(_jsonnet_values(json.loads(text)), indent=2, ensure_ascii=False)
+
+
+def host_messages(value: Any) -> list[bytes]:
+    """The queue messages the host writes for one output binding value, from the Datum the real
+    `azure.functions` queue converter makes of it (a type it cannot encode raises, as in Azure)."""
+    from azure.functions.queue import QueueMessageOutConverter
+
+    datum = QueueMessageOutConverter.encode(value, expected_type=None)
+    if datum.type == "bytes":
+        return [bytes(datum.value)]
+    if datum.type == "json":  # a list: one message per element, each string as written
+        items = json.loads(datum.value)
+        return [(item if isinstance(item, str) else item["body"]).encode("utf-8") for item in items]
+    text = datum.value
+    try:
+        parsed = json.loads(text) if text.lstrip()[:1] in ("{", "[") else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, list):  # python-worker#1492: a JSON-array string becomes several messages
+        return [(item if isinstance(item, str) else jsonnet_reserialise(json.dumps(item))).encode("utf-8")
+                for item in parsed]
+    if isinstance(parsed, dict):  # host#9581: re-parsed and re-serialised
+        return [jsonnet_reserialise(text).encode("utf-8")]
+    return [text.encode("utf-8")]
 
 
 @dataclass
@@ -89,7 +158,7 @@ class Invocation:
     queue: str
     message_id: str
     dequeue_count: int
-    outcome: str  # "ok", "retry", "poison"
+    outcome: str  # "ok", "retry", "poison", "stuck" (a failed poison-queue message: it will come back)
     error: str | None = None
     seconds: float = 0.0
 
@@ -168,8 +237,8 @@ class DevHost:
             value = bindings[spec["name"]].value
             if value is None:
                 continue
-            for item in value if isinstance(value, list) else [value]:
-                self.send(spec["queueName"], item if isinstance(item, str) else item.decode("utf-8"))
+            for item in host_messages(value):
+                self.send(spec["queueName"], item.decode("utf-8"))
 
     # ---- HTTP ----------------------------------------------------------------------------------
 
@@ -204,7 +273,10 @@ class DevHost:
             receipt = lease.stop()
             inv = Invocation(name, queue, m.id, m.dequeue_count, "retry", f"{type(exc).__name__}: {exc}",
                              time.monotonic() - started)
-            if m.dequeue_count >= self.config.max_dequeue_count:
+            if queue.endswith("-poison"):  # no poison queue for a poison queue: back when the hold lapses
+                client.update_message(m.id, receipt, visibility_timeout=int(self.lease_seconds))
+                inv.outcome = "stuck"
+            elif m.dequeue_count >= self.config.max_dequeue_count:
                 self.queue(f"{queue}-poison").send_message(body.decode("utf-8"))
                 client.delete_message(m.id, receipt)
                 inv.outcome = "poison"
@@ -218,6 +290,24 @@ class DevHost:
         self._send_outputs(fn, outputs)
         client.delete_message(m.id, receipt)
         inv = Invocation(name, queue, m.id, m.dequeue_count, "ok", None, time.monotonic() - started)
+        self.history.append(inv)
+        return inv
+
+    def run_timer(self, function: str) -> Invocation:
+        """Run a timer-triggered function once (as its schedule would) and deliver its outputs."""
+        from azure.functions.timer import TimerRequest
+
+        fn = registered_functions()[function]
+        outputs = {n: Binding() for n in queue_outputs(function)}
+        started = time.monotonic()
+        try:
+            fn.get_user_function()(TimerRequest(past_due=False), **outputs)
+        except Exception as exc:
+            inv = Invocation(function, "", "timer", 1, "retry", f"{type(exc).__name__}: {exc}",
+                             time.monotonic() - started)
+        else:
+            self._send_outputs(fn, outputs)
+            inv = Invocation(function, "", "timer", 1, "ok", None, time.monotonic() - started)
         self.history.append(inv)
         return inv
 
