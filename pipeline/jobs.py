@@ -39,7 +39,7 @@ FAILED = "_FAILED.json"
 REPORT = "report.json"
 CONTROL_STEMS = ("manifest", "report", "_FAILED")  # stems no output may take: the job's own files
 LEASE_GRACE = 60.0  # at most this many seconds a file lease outlives the invocation's budget
-MANIFEST_LEASE = 600.0  # seconds a manifest writer holds its claim before another may take over
+MANIFEST_LEASE = 600.0  # at most this many seconds a manifest writer holds its claim before another may take over
 MAX_MEMBERS_LISTED = 100  # archive member names kept per file in the ledger and the manifest
 SWEEP_MAX_RESENDS = 3  # re-sends of a file without progress before the sweeper fails it
 
@@ -151,6 +151,7 @@ class FileWork:
     resume_outputs: dict[str, Any]  # output stem -> the resumable output's checkpoint
     used_stems: set[str]  # output stems this file must not take (other files', control files')
     should_stop: Callable[[], bool]  # the time budget
+    workers: int = 1
 
 
 @dataclass
@@ -185,7 +186,7 @@ def engine_runner(work: FileWork) -> FileOutcome:
 
     result = process_file(Input(work.name, lambda: work.source.open(work.name), work.size), work.destination,
                           fmt=spec.format, rules_path=spec.rules, start_record=work.start_record,
-                          should_stop=work.should_stop, sink_factory=sink_factory, workers=1,
+                          should_stop=work.should_stop, sink_factory=sink_factory, workers=work.workers,
                           used_stems=set(work.used_stems))
     checkpoints = {s.stem: s.checkpoint for s in sinks if s.checkpoint is not None}
     return FileOutcome(result.complete, result.records_done, result.error, file_summary(result), checkpoints)
@@ -194,19 +195,19 @@ def engine_runner(work: FileWork) -> FileOutcome:
 # ---- the service -------------------------------------------------------------------------------------------
 
 
-def _alma_from_settings() -> Any:
+def alma_from_settings() -> Any:
     from pipeline.alma import AlmaClient
 
     return AlmaClient.from_settings()
 
 
-def _source(url: str | None) -> Any:
+def source_from_url(url: str | None) -> Any:
     from pipeline.sources import open_source
 
     return open_source(url)
 
 
-def _destination(url: str) -> Any:
+def destination_from_url(url: str) -> Any:
     from pipeline.destinations import open_destination
 
     return open_destination(url)
@@ -217,19 +218,25 @@ class JobService:
     """The job flow over a ledger and factories for what it talks to (real ones from settings by default)."""
 
     ledger: Ledger
-    alma_factory: Callable[[], Any] = _alma_from_settings
-    source_factory: Callable[[str | None], Any] = _source
-    destination_factory: Callable[[str], Any] = _destination
+    alma_factory: Callable[[], Any] = alma_from_settings
+    source_factory: Callable[[str | None], Any] = source_from_url
+    destination_factory: Callable[[str], Any] = destination_from_url
     worker_id: str = "local"
     clock: Callable[[], float] = time.monotonic
+    manifest_lease: float = MANIFEST_LEASE
     runner: Callable[[FileWork], FileOutcome] = engine_runner
+    workers: int = 1  # engine worker processes per file (the queue worker uses one; replay may use more)
     fault: Callable[[str], None] = lambda point: None  # fault injection between steps (tests kill workers here)
 
     # ---- plan --------------------------------------------------------------------------------------
 
-    def plan(self, message: Any, raw: dict[str, Any], *, last_attempt: bool = False) -> list[FileMessage]:
+    def plan(self, message: Any, raw: dict[str, Any], *, last_attempt: bool = False, spec: JobSpec | None = None,
+             strict: bool = False) -> list[FileMessage]:
         """Plan one job message (events.JobMessage); the file messages to send. JobError while Alma
-        has not finished writing the files; a job that cannot be planned is failed and recorded."""
+        has not finished writing the files; a job that cannot be planned is failed and recorded.
+
+        `spec` replaces the one from settings (replay's --out, --format...); `strict` raises
+        NotThereYet, PlanError or SettingError instead of retrying or recording (for the CLI)."""
         from pipeline.plan import JobInstance, NotThereYet, PlanError
         from pipeline.plan import plan_export as make_plan
 
@@ -245,9 +252,11 @@ class JobService:
         instance = JobInstance.from_api(data, job_id=message.job_id)
         job = job_info(message, instance, data)
         try:
-            spec = JobSpec.from_settings(job_name=message.job_name, job_id=message.job_id, instance_id=iid,
-                                         institution=message.institution, end_time=job["end_time"])
+            spec = spec or JobSpec.from_settings(job_name=message.job_name, job_id=message.job_id, instance_id=iid,
+                                                 institution=message.institution, end_time=job["end_time"])
         except (settings.SettingError, ValueError) as exc:
+            if strict:
+                raise
             self.fail_job(message, raw, job, str(exc), 1)
             return []
         job.update(spec.to_job())
@@ -255,8 +264,12 @@ class JobService:
         try:
             plan = make_plan(instance, source, last_attempt=last_attempt)
         except NotThereYet as exc:
+            if strict:
+                raise
             raise JobError(f"job instance {iid}: {exc}") from None
         except PlanError as exc:
+            if strict:
+                raise
             self.fail_job(message, raw, job, str(exc), 1)
             return []
         finally:
@@ -318,7 +331,7 @@ class JobService:
                         start_record=int(checkpoint.get("records_done", 0)),
                         resume_outputs=dict(checkpoint.get("outputs", {})),
                         used_stems=stems_taken_by_others(record, msg.file),
-                        should_stop=lambda: self.clock() - started > budget)
+                        should_stop=lambda: self.clock() - started > budget, workers=self.workers)
         outcome: FileOutcome | None = None
         try:
             outcome = self.runner(work)
@@ -349,7 +362,7 @@ class JobService:
         summary["attempts"] = state.attempts
         summary["continuations"] = state.continuations
         last = ledger.finish_file(msg.instance_id, msg.file, summary, worker_id=self.worker_id,
-                                  manifest_lease_seconds=MANIFEST_LEASE)
+                                  manifest_lease_seconds=self.manifest_lease)
         log.info("job instance %s file %s done: %d records out, %d rejected, %d dropped", msg.instance_id, msg.file,
                  summary["records_out"], summary["rejected"], summary["dropped"])
         if state.error:  # it failed before (a requeue, or a retry after poison): its _FAILED.json is stale now
@@ -378,7 +391,7 @@ class JobService:
         record = self.ledger.get(instance_id)
         if record is None or not record.files or not record.settled() or record.manifest.state == "done":
             return False
-        if not self.ledger.claim_manifest(instance_id, self.worker_id, MANIFEST_LEASE):
+        if not self.ledger.claim_manifest(instance_id, self.worker_id, self.manifest_lease):
             return False
         self.fault("manifest claimed")
         self.write_manifest(instance_id)
@@ -449,7 +462,7 @@ class JobService:
         error = f.error or "the message failed every delivery"
         attempts = max(f.attempts, dequeue_count)
         last = self.ledger.fail_file(msg.instance_id, msg.file, error, attempts, worker_id=self.worker_id,
-                                     manifest_lease_seconds=MANIFEST_LEASE)
+                                     manifest_lease_seconds=self.manifest_lease)
         record = self.ledger.get(msg.instance_id) or record
         f = record.file(msg.file)
         if f.state == "failed":
@@ -491,7 +504,7 @@ class JobService:
                 continue
             iid = record.instance_id
             try:
-                found = self.ledger.sweep(iid, self.worker_id, stale_after, max_resends, MANIFEST_LEASE)
+                found = self.ledger.sweep(iid, self.worker_id, stale_after, max_resends, self.manifest_lease)
                 self.fault("swept")
                 if found.resend or found.failed:
                     log.warning("sweep: job instance %s: re-sending %s; failing %s", iid, found.resend or "-",

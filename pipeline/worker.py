@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import settings
-from pipeline.jobs import MANIFEST, JobError, JobService, _alma_from_settings, _destination, _source, manifest
+from pipeline.jobs import (
+    MANIFEST,
+    MANIFEST_LEASE,
+    JobError,
+    JobService,
+    alma_from_settings,
+    destination_from_url,
+    manifest,
+    source_from_url,
+)
 from pipeline.ledger import Ledger
 from pipeline.messages import FileMessage, MessageError, parse_job
 from pipeline.queues import FILES_QUEUE
@@ -41,9 +50,9 @@ class Context:
     """What the workers talk to; built from settings in Azure, injected by the demo and the tests."""
 
     ledger_factory: Callable[[], Ledger] = Ledger.from_settings
-    alma_factory: Callable[[], Any] = _alma_from_settings
-    source_factory: Callable[[str | None], Any] = _source
-    destination_factory: Callable[[str], Any] = _destination
+    alma_factory: Callable[[], Any] = alma_from_settings
+    source_factory: Callable[[str | None], Any] = source_from_url
+    destination_factory: Callable[[str], Any] = destination_from_url
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
     clock: Callable[[], float] = time.monotonic
 
@@ -57,8 +66,11 @@ class Context:
         return self._ledger
 
     def service(self) -> JobService:
+        # A manifest claim outlives a dead writer by about two time budgets (ten seconds at least).
+        lease = min(MANIFEST_LEASE, max(10.0, 2 * time_budget()))
         return JobService(self.ledger, alma_factory=self.alma_factory, source_factory=self.source_factory,
-                          destination_factory=self.destination_factory, worker_id=self.worker_id, clock=self.clock)
+                          destination_factory=self.destination_factory, worker_id=self.worker_id, clock=self.clock,
+                          manifest_lease=lease)
 
 
 _context: Context | None = None

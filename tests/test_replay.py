@@ -1,5 +1,6 @@
 """`replay` and `alma instance` end to end: a saved webhook body, the fake Alma API, a real SFTP server,
-the real engine. Replay's outputs must be byte-identical to `process` run on the same files."""
+the job service with the real engine. Replay's outputs must be byte-identical to `process` run on the
+same files, with the manifest the queue workers would write beside them."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def env(clean_env, alma, exports):
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "report.json"}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name not in ("report.json", "manifest.json")}
 
 
 def event_for(tmp_path, instance_id: str, action: str = "JOB_END") -> Path:
@@ -79,10 +80,12 @@ def test_replay_matches_process_on_the_same_files(env, alma, exports, tmp_path, 
     assert main(["process", *map(str, ordered), "--out", str(processed), "--rules", str(RULES)]) == 0
     mine, theirs = outputs(replayed), outputs(processed)
     assert mine == theirs and len(mine) >= 3
-    report = json.loads((replayed / "report.json").read_text())
-    assert [f["name"] for f in report["files"]] == [p.name for p in ordered]  # _2 before _10
-    assert report["totals"]["records_in"] == 100
-    assert json.loads((processed / "report.json").read_text())["totals"] == report["totals"]
+    manifest = json.loads((replayed / "manifest.json").read_text())
+    assert [f["name"] for f in manifest["files"]] == [p.name for p in ordered]  # _2 before _10
+    assert manifest["state"] == "done" and manifest["totals"]["records_in"] == 100
+    totals = json.loads((processed / "report.json").read_text())["totals"]
+    assert {k: totals[k] for k in ("records_in", "records_out", "rejected")} == {
+        k: manifest["totals"][k] for k in ("records_in", "records_out", "rejected")}
     assert f"/almaws/v1/conf/jobs/{JOB}/instances/{INSTANCE}" in [c.path for c in alma.calls]
 
 

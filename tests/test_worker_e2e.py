@@ -319,6 +319,26 @@ def test_a_failure_after_a_continuation_restarts_the_file_and_output_is_identica
     record = Ledger.from_settings().get(instance_id)
     assert record.state == "done" and record.file(f"{SMALL}_1.xml").attempts == 2
     names = [f"{SMALL}_1.xml", f"{SMALL}_2.xml", f"{SMALL}_10.xml"]
-    got = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".xml"}
+    folder = out / instance_id  # DESTINATION without {instance_id}: the instance's own folder is appended
+    got = {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix == ".xml"}
     assert got == expected_outputs(export_dir, names, tmp_path)
-    assert not [p for p in out.iterdir() if p.name.endswith(".part")]  # nothing half-written left behind
+    assert not [p for p in folder.iterdir() if p.name.endswith(".part")]  # nothing half-written left behind
+
+
+def test_kill_loop_five_trials_end_with_outputs_identical_to_process(e2e, alma, export_dir, tmp_path):
+    """Workers SIGKILLed at random moments, five jobs in a row (50 in bench/soak.py)."""
+    import random
+
+    from tests.killloop import run_trial
+
+    host, env = e2e
+    out_root = tmp_path / "kill"
+    env = {**env, "DESTINATION": str(out_root / "{instance_id}"), "EXPORT_SOURCE": str(export_dir),
+           "WORKER_TIME_BUDGET": "0.05"}
+    os.environ.update(env)  # the sweeper runs in this process; clean_env restores the settings
+    expected = expected_outputs(export_dir, [f"{SMALL}_1.xml", f"{SMALL}_2.xml", f"{SMALL}_10.xml"], tmp_path)
+    rng = random.Random(11)
+    trials = [run_trial(host, alma, stem=SMALL, secret=SECRET, out_root=out_root, expected=expected, rng=rng,
+                        env=env) for _ in range(5)]
+    assert [t.problem for t in trials] == [None] * 5
+    assert all(t.identical and t.state == "done" for t in trials) and sum(t.kills for t in trials) >= 5

@@ -1,23 +1,23 @@
 """`python -m pipeline replay EVENT.json --out DIR [--rules FILE] [--format F] [--source URL]`.
 
-Runs the whole job flow for a saved webhook body, synchronously and without queues: parse the event
-(JSON or XML), fetch the authoritative job instance from the Alma API, plan its files, stream each
-one from the source through the engine, and write the outputs and report.json to DIR. For support
-cases ("what would last night's export have produced?") and for trying settings before deploying.
+Runs the job flow for a saved webhook body, synchronously and without queues or Azure storage: the
+same job service the queue functions use (pipeline/jobs.py), over an in-memory ledger. It parses
+the event (JSON or XML), fetches the authoritative job instance from the Alma API, plans its files
+(output names reserved as in Azure), streams each one from the source through the engine, and
+writes the outputs and manifest.json to DIR. For support cases ("what would last night's export
+have produced?") and for trying settings before deploying.
 Exit status: 0 all files processed, 1 a failure (printed), 2 usage errors.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import Any
 
 from pipeline.commands import _output
-
-if TYPE_CHECKING:
-    from pipeline.sources import Source
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,14 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline import settings
-    from pipeline.alma import AlmaClient, AlmaError
+    from pipeline.alma import AlmaError
     from pipeline.cli import CommandError, UsageError
     from pipeline.destinations.base import DestinationError
     from pipeline.events import EventError, parse_event
     from pipeline.marc.encoders import FormatError, get_encoder
-    from pipeline.marc.engine import Input, process
-    from pipeline.plan import JobInstance, NotThereYet, PlanError, plan_export
-    from pipeline.sources import SourceError, open_source
+    from pipeline.plan import NotThereYet, PlanError
+    from pipeline.sources import SourceError
 
     fmt = args.format or settings.get("OUTPUT_FORMAT")
     rules = args.rules or settings.get("TRANSFORM_RULES")
@@ -73,33 +72,46 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.event} is not a usable Alma event: {exc}") from None
     if event.action_key != "JOB_END" or event.job_instance is None:
         raise CommandError(f"{args.event} is a {event.action or 'unknown'} event, not JOB_END with a job instance")
-    job_id, instance_id = event.job_instance.job_id, event.job_instance.id
+    from pipeline import events
+    from pipeline.jobs import JobError, JobService, JobSpec
+    from pipeline.ledger import Ledger, MemoryStore
 
+    message = events.job_message(event, event.time or "")
+    raw = json.loads(events.serialize_message(message))
+    _output.open_output("replay", args.out, args.per_record)  # checks --out and --per-record, creates the folder
+    spec = JobSpec(source=args.source or settings.require("EXPORT_SOURCE"), destination=args.out, format=fmt,
+                   rules=rules, per_record=args.per_record)
+    service = JobService(Ledger(store=MemoryStore()), workers=args.workers or 1)
     try:
-        with AlmaClient.from_settings() as client:
-            data = client.get_job_instance(job_id, instance_id)
+        messages = service.plan(message, raw, last_attempt=True, spec=spec, strict=True)
     except AlmaError as exc:
         raise CommandError(str(exc)) from None
-    instance = JobInstance.from_api(data, job_id=job_id)
-    with open_source(args.source) as source:
+    except NotThereYet as exc:
+        raise CommandError(f"not ready: {exc}; try again later") from None
+    except (PlanError, SourceError, ValueError) as exc:  # ValueError: an id or setting the flow cannot use
+        raise CommandError(str(exc)) from None
+    record = service.ledger.get(message.instance_id)
+    assert record is not None
+    print(f"job instance {record.instance_id} of job {record.job['job_id']}: {record.job['status']}; "
+          f"{len(record.files)} file(s) in {spec.source}")
+    for msg in messages:
         try:
-            plan = plan_export(instance, source, last_attempt=True)
-        except NotThereYet as exc:
-            raise CommandError(f"not ready: {exc}; try again later") from None
-        except (PlanError, SourceError) as exc:
-            raise CommandError(str(exc)) from None
-        print(f"job instance {instance.instance_id} of job {instance.job_id}: {instance.status}; "
-              f"{len(plan.files)} file(s) in {plan.source}")
-        inputs = [Input(entry.name, _opener(source, entry.name), entry.size) for entry in plan.files]
-        destination, sink_factory = _output.open_output("replay", args.out, args.per_record)
-        try:
-            report = process(inputs, destination, fmt=fmt, rules_path=rules, workers=args.workers,
-                             sink_factory=sink_factory)
+            service.run_file(msg, 7 * 86400.0)  # a week: the whole file in one go
+        except JobError:
+            service.file_poisoned(msg, 1)  # no retries here: the file fails, the others go on
         except (OSError, DestinationError) as exc:
             raise CommandError(f"writing to {args.out}: {exc}") from None
-    return _output.print_summary(report, destination)
+    return _print_summary(service.ledger.get(message.instance_id))
 
 
-def _opener(source: Source, name: str) -> Callable[[], BinaryIO]:
-    """Bind `name` now (a lambda in the loop would see only the last name)."""
-    return lambda: source.open(name)
+def _print_summary(record: Any) -> int:
+    """One line per file, where the manifest is; exit status 0 when every file was processed."""
+    for f in record.files:
+        r = f.result or {}
+        if f.state != "done":
+            print(f"error: {f.error}", file=sys.stderr)
+        else:
+            print(f"{f.name}: {r.get('records_in', 0)} records in, {r.get('records_out', 0)} out, "
+                  f"{r.get('rejected', 0)} rejected, {r.get('dropped', 0)} dropped ({r.get('seconds', 0):.1f} s)")
+    print(f"manifest: {record.manifest.location}")
+    return 0 if record.state == "done" else 1

@@ -129,8 +129,12 @@ def user_function(name: str) -> Any:
 
 def queue_outputs(name: str) -> list[str]:
     """The argument names of function `name`'s queue output bindings."""
-    return [b.get_dict_repr()["name"] for b in registered_functions()[name].get_bindings()
-            if b.get_dict_repr().get("type") == "queue"]
+    return output_names(registered_functions()[name])
+
+
+def output_names(fn: Any) -> list[str]:
+    """The argument names of a function's queue output bindings."""
+    return [b.get_dict_repr()["name"] for b in fn.get_bindings() if b.get_dict_repr().get("type") == "queue"]
 
 
 @dataclass
@@ -264,7 +268,7 @@ class DevHost:
         body = m.content if isinstance(m.content, bytes) else str(m.content).encode("utf-8")
         msg = fq.QueueMessage(id=m.id, body=body, dequeue_count=m.dequeue_count, pop_receipt=m.pop_receipt,
                               insertion_time=m.inserted_on, expiration_time=m.expires_on)
-        outputs = {n: Binding() for n in queue_outputs(name)}
+        outputs = {n: Binding() for n in output_names(fn)}
         started = time.monotonic()
         lease = _Lease(client, m.id, m.pop_receipt, self.lease_seconds)
         try:
