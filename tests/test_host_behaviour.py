@@ -80,3 +80,17 @@ def test_the_python_range_is_the_worker_librarys():
     upper = re.search(r"<\s*3\.(\d+)", required)
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert upper and f"<3.{upper.group(1)}" in declared.replace(" ", "")
+
+
+def test_the_job_flow_imports_without_the_azure_sdk_and_the_app_without_dev_tooling():
+    import subprocess
+    import sys
+
+    code = ("import sys; import pipeline.jobs, pipeline.worker, pipeline.notify, pipeline.ledger; "
+            "print(sorted(m for m in sys.modules if m.startswith('azure')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+    code = "import sys, function_app; print(sorted(m for m in sys.modules if m.startswith('pipeline.dev')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+    assert "pipeline/dev" in (ROOT / ".funcignore").read_text().split()
