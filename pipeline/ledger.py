@@ -489,6 +489,10 @@ class Ledger:
 
     def get(self, instance_id: str) -> JobRecord | None:
         """The record as stored now, or None when the instance was never recorded."""
+        got = self._read(instance_id)
+        return got[0] if got is not None else None
+
+    def _read(self, instance_id: str) -> tuple[JobRecord, bytes] | None:
         name = self.blob_name(instance_id)
         got = self.store.read(name)
         if got is None:
@@ -500,7 +504,7 @@ class Ledger:
                 f"ledger blob {self.container}/{name} holds instance {record.instance_id!r}; fix or delete it"
             )
         record.etag = etag
-        return record
+        return record, raw
 
     def list_instances(self) -> list[JobRecord]:
         """Every recorded job instance, newest first; unreadable documents are logged and skipped."""
@@ -532,12 +536,13 @@ class Ledger:
         """
         name = self.blob_name(instance_id)
         for attempt in range(self.max_attempts):
-            record = self.get(instance_id)
-            if record is None:
+            got = self._read(instance_id)
+            if got is None:
                 if create is None:
                     raise LedgerError(f"no ledger record for job instance {instance_id}")
-                record = create()
-            before = record.to_json() if record.etag else b""
+                record, before = create(), b""
+            else:
+                record, before = got  # what we wrote is to_json's own form: comparing bytes needs no re-encoding
             result = fn(record)
             if record.etag and record.to_json() == before:
                 return record, result

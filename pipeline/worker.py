@@ -55,6 +55,7 @@ class Context:
     destination_factory: Callable[[str], Any] = destination_from_url
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
     clock: Callable[[], float] = time.monotonic
+    poison_retry_delays: tuple[float, ...] = (1.0, 5.0)  # a poison handler tries again in-process, then gives up
 
     def __post_init__(self) -> None:
         self._ledger: Ledger | None = None
@@ -141,22 +142,30 @@ def process_export_file(body: str | bytes, *, dequeue_count: int = 1, ctx: Conte
 
 
 def export_failed(body: str | bytes, queue: str, *, dequeue_count: int = 0, ctx: Context | None = None) -> None:
-    """A message reached `<queue>-poison`: record why in the ledger and in `_FAILED.json`. Never raises."""
+    """A message reached `<queue>-poison`: record why in the ledger and in `_FAILED.json`. Never raises:
+    the host has no poison queue for a poison queue, so a passing storage error is retried here, a
+    lasting one is logged with the ids and the message let go."""
     text = _text(body)
-    try:
-        ctx = ctx or context()
-        service = ctx.service()
-        if queue.startswith(FILES_QUEUE):
-            msg = FileMessage.parse(text)
-            service.file_poisoned(msg, dequeue_count)
-        else:
-            message = parse_job(text)
-            service.job_poisoned(message, json.loads(text), dequeue_count)
-    except MessageError as exc:
-        log.error("poison message on %s could not be read (%s): %s", queue, exc, text[:500])
-    except Exception as exc:  # storage down, unreadable ledger, ...: log with the ids and let the message go
-        log.error("poison message on %s could not be recorded (%s: %s); the sweeper will find the job: %s",
-                  queue, type(exc).__name__, exc, text[:500])
+    ctx = ctx or context()
+    for delay in (*ctx.poison_retry_delays, None):
+        try:
+            service = ctx.service()
+            if queue.startswith(FILES_QUEUE):
+                service.file_poisoned(FileMessage.parse(text), dequeue_count)
+            else:
+                service.job_poisoned(parse_job(text), json.loads(text), dequeue_count)
+            return
+        except MessageError as exc:
+            log.error("poison message on %s could not be read (%s): %s", queue, exc, text[:500])
+            return
+        except Exception as exc:  # storage down, unreadable ledger, a failing destination ...
+            if delay is None:
+                log.error("poison message on %s could not be recorded (%s: %s); given up: %s",
+                          queue, type(exc).__name__, exc, text[:500])
+                return
+            log.warning("poison message on %s: %s: %s; trying again in %.0f s", queue, type(exc).__name__, exc,
+                        delay)
+            time.sleep(delay)
 
 
 def sweep_jobs(*, ctx: Context | None = None, stale_after: float | None = None) -> list[str]:

@@ -321,7 +321,7 @@ class BrokenStore(MemoryStore):
 
 
 def test_poison_handlers_never_raise_and_log_the_ids(clean_env, caplog):
-    ctx = worker.Context(ledger_factory=lambda: Ledger(store=BrokenStore()))
+    ctx = worker.Context(ledger_factory=lambda: Ledger(store=BrokenStore()), poison_retry_delays=(0.0,))
     caplog.set_level(logging.ERROR)
     file_body = FileMessage("6001", "B_1.xml", JOB_ID).to_json()
     assert worker.export_failed(file_body, "alma-export-files", dequeue_count=5, ctx=ctx) is None
@@ -342,3 +342,15 @@ def test_a_poison_message_for_a_done_file_is_not_reported_as_a_failure(env, capl
                          ctx=worker.Context(ledger_factory=lambda: ledger))
     assert "FAILED" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "which is done" in caplog.text and ledger.get("6003").state == "done"
+
+
+def test_committing_an_output_removes_what_a_killed_writer_of_it_left(tmp_path):
+    dest = LocalDestination(tmp_path)
+    killed = dest.open("BIBS_1.xml")
+    killed.write(b"half of it")  # then SIGKILL: no abort, no commit
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    again = dest.open("BIBS_1.xml")
+    again.write(b"all of it")
+    again.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["BIBS_1.xml"]
+    assert (tmp_path / "BIBS_1.xml").read_bytes() == b"all of it"

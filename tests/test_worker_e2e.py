@@ -244,6 +244,7 @@ def test_two_workers_share_a_split_export_and_do_every_file_once(e2e, alma, drop
     assert [f.attempts for f in record.files] == [1, 1, 1]
 
 
+@pytest.mark.timeout(900)  # killed workers, leases and redeliveries take wall time
 def test_worker_killed_mid_file_completes_after_redelivery(e2e, alma, dropbox, export_dir, tmp_path):
     host, env = e2e
     env = {**env, "WORKER_TIME_BUDGET": "1"}  # checkpoints every second; lease = 2 s
@@ -325,6 +326,7 @@ def test_a_failure_after_a_continuation_restarts_the_file_and_output_is_identica
     assert not [p for p in folder.iterdir() if p.name.endswith(".part")]  # nothing half-written left behind
 
 
+@pytest.mark.timeout(900)  # killed workers, leases and redeliveries take wall time
 def test_kill_loop_five_trials_end_with_outputs_identical_to_process(e2e, alma, export_dir, tmp_path):
     """Workers SIGKILLed at random moments, five jobs in a row (50 in bench/soak.py)."""
     import random

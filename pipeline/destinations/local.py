@@ -1,7 +1,8 @@
 """A local folder destination: the default for local runs, the CLI, the demo and the tests.
 
 Each output is written to a hidden temporary name in the target folder and renamed into place on
-commit, so a crash never leaves a partial file under a final name. The temporary `.part` file is
+commit, so a crash never leaves a partial file under a final name (the commit removes the `.part`
+files of writers of the same output that were killed before theirs). The temporary `.part` file is
 also what makes a local output resumable: `checkpoint()` fsyncs it and names it in the state, and
 `resume()` truncates it back to the checkpointed size (dropping whatever a crashed invocation wrote
 after it) and re-reads it once, so even the SHA-256 of a resumed output is exact.
@@ -9,6 +10,7 @@ after it) and re-reads it once, so even the SHA-256 of a resumed output is exact
 
 from __future__ import annotations
 
+import glob
 import os
 import uuid
 from pathlib import Path
@@ -69,6 +71,9 @@ class LocalOutput:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self._tmp, self._final)
+        # A writer killed before its commit (SIGKILL, scale-in) left its .part behind; the output is whole now.
+        for stale in self._final.parent.glob(f".{glob.escape(self._final.name)}.*.part"):
+            stale.unlink(missing_ok=True)
         h = self._hasher
         return OutputResult(self.path, h.size, h.sha256, h.content_hash)
 
