@@ -19,11 +19,11 @@ from pymarc.marc8 import MARC8ToUnicode
 from pymarc.marc8_mapping import CODESETS
 
 from pipeline.destinations.local import LocalDestination
+from pipeline.jobs import manifest, merge_parts
 from pipeline.ledger import FileState, JobRecord
 from pipeline.marc import marc21
 from pipeline.marc.engine import Input, process, process_file
 from pipeline.marc.record import Field, Record
-from pipeline.worker import _merge_parts, manifest
 
 ESC = b"\x1b"
 XML_HEAD = '<?xml version="1.0" encoding="UTF-8"?><collection xmlns="http://www.loc.gov/MARC21/slim">'
@@ -259,9 +259,9 @@ def test_8_what_marc21_could_not_give_back_is_refused():
         assert info.value.code == reason and field.tag in str(info.value)
 
 
-# reasons in the worker's manifest --------------------------------------------------------------------
+# reasons in the job service's manifest ----------------------------------------------------------------
 def test_reject_reasons_add_up_over_the_parts_of_a_continued_file():
-    merged = _merge_parts([{"records_in": 2, "rejected": 2, "rejected_by_reason": {"leader-length": 2}},
+    merged = merge_parts([{"records_in": 2, "rejected": 2, "rejected_by_reason": {"leader-length": 2}},
                            {"records_in": 3, "rejected": 2, "rejected_by_reason": {"leader-length": 1,
                                                                                    "utf8-invalid": 1}}])
     assert merged["rejected_by_reason"] == {"leader-length": 3, "utf8-invalid": 1}
