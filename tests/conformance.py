@@ -45,7 +45,8 @@ FORMATS = ("marcxml", "marc21", "json")
 
 # File-level refusals docs/formats.md states: an XML document whose root is neither `collection` nor
 # `record` (Alma API and SRU responses wrap records in their own elements) is not an export file.
-EXPLAINED_FILE_ERRORS = ("XML root element is <",)
+# So is a JSON document that is not MARC-in-JSON lines (an array, or a record over several lines).
+EXPLAINED_FILE_ERRORS = ("XML root element is <", "a JSON document (an array, or a record over several lines)")
 # a record as compared: (leader, ((tag, None, value) | (tag, ind1 + ind2, ((code, value), ...)), ...))
 View = tuple[str, tuple]
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")

@@ -289,3 +289,12 @@ def test_the_records_are_read_by_pymarc_as_laid_out(tmp_path):
     parsed = pymarc.Record(record, force_utf8=True)
     assert parsed["001"].data == "rw-1" and subfields(parsed, "245") == [("a", "T")]
     assert list(pymarc.MARCReader(io.BytesIO(record)))[0] is not None
+
+
+@pytest.mark.parametrize("document", [b'{\n  "leader": "00000nam a2200000 i 4500",\n  "fields": []\n}\n',
+                                      b'[{"leader": "00000nam a2200000 i 4500", "fields": []}]\n'])
+def test_a_json_document_is_refused_as_a_file_not_line_by_line(tmp_path, document):
+    (tmp_path / "doc.json").write_bytes(document)
+    result = process_file(Input.from_path(tmp_path / "doc.json"), LocalDestination(tmp_path / "out"), workers=1)
+    assert "a JSON document" in result.error and "one record per line" in result.error
+    assert result.rejected == 0 and result.records_in == 0

@@ -80,7 +80,7 @@ def figures(reports: list[dict[str, Any]], seconds: float) -> str:
     lines.append(f"salvaged (directory fallback) {sum(r['salvaged'] for r in reports)}, "
                  f"unverified (no independent reader) {sum(r['unverified'] for r in reports)}, "
                  f"files refused as a whole {sum(1 for r in reports if r['file_errors'])}, records in "
-                 f"pretty-printed JSON documents (read as JSON lines only) "
+                 f"JSON documents (refused as files: not JSON lines) "
                  f"{sum(r.get('json_document_records', 0) for r in reports)}")
     lines.extend(f"  {r['file']}: {p}" for r in reports for p in r["problems"])
     return "\n".join(lines)

@@ -225,8 +225,11 @@ def detect_format(name: str, peek: PeekStream) -> str:
             return "empty"
     elif text[:1] == b"<":
         return "marcxml"
-    elif text[:1] == b"{":
+    elif text[:1] == b"{" and text.split(b"\n", 1)[0].strip() != b"{":
         return "json"
+    elif text[:1] in b"[{":  # one pretty-printed object, or an array: read line by line, every line would be a reject
+        raise InputError(f"{name}: a JSON document (an array, or a record over several lines), not MARC-in-JSON "
+                         "lines; write one record per line (e.g. jq -c '.[]')")
     elif text[:5].isdigit() and len(text) >= 24:
         return "marc21"
     elif b"\x1e" in text[:4096] and b"\x1d" in text:
