@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator
-from itertools import starmap
+from itertools import chain, starmap
 from operator import itemgetter
 from typing import Any, BinaryIO
 
@@ -440,14 +440,16 @@ def _fast_record(raw: bytes, fragments: Fragments | None = None) -> Record | Non
 # The pass-through: a record already in exactly the form MarcXmlEncoder writes (no whitespace between
 # elements, no namespace prefix, attributes in the writer's order, only the escapes it uses) comes out
 # of parse + encode unchanged, so it can be copied. Text: anything but markup and the C0 controls
-# XML forbids (or that lxml would normalise, CR); attribute values: printable ASCII without escapes.
-_CT = rb"[^<>&\x00-\x08\x0b-\x1f]*(?:&(?:amp|lt|gt);[^<>&\x00-\x08\x0b-\x1f]*)*"
+# XML forbids (or that lxml would normalise, CR); attribute values: printable ASCII without escapes
+# (subfield codes of any length, as Alma writes `aa`). Possessive quantifiers: a record that is not in
+# the writer's form fails where it differs, without backtracking over everything before.
+_CT = rb"[^<>&\x00-\x08\x0b-\x1f]*+(?:&(?:amp|lt|gt);[^<>&\x00-\x08\x0b-\x1f]*+)*+"
 _CA = rb"[ !#-%'-;=?-~]"
 _CANONICAL = re.compile(
     rb"<record><leader>(?:[ !#-%'-;=?-~]|&(?:amp|lt|gt);){24}</leader>"
     rb"(?:<controlfield tag=\"[0-9A-Za-z]{3}\">" + _CT + rb"</controlfield>"
     rb"|<datafield tag=\"[0-9A-Za-z]{3}\" ind1=\"" + _CA + rb"\" ind2=\"" + _CA + rb"\">"
-    rb"(?:<subfield code=\"[0-9A-Za-z]\">" + _CT + rb"</subfield>)*</datafield>)*</record>")
+    rb"(?:<subfield code=\"" + _CA + rb"*+\">" + _CT + rb"</subfield>)*+</datafield>)*+</record>")
 
 
 def passthrough_marcxml(raw: bytes) -> bytes | None:
@@ -459,9 +461,11 @@ def passthrough_marcxml(raw: bytes) -> bytes | None:
     in the same shape; one strict pattern match in C replaces building and re-encoding every field.
     The pattern only admits what the parse -> encode round trip provably keeps byte for byte: no
     characters the writer would remove or escape differently, no entities other than the three it
-    writes, valid UTF-8, no U+FFFE/U+FFFF. A record that differs only by a namespace prefix on every
-    element (`<marc:record>`) or attributes on its `record` tag (`xmlns=...`), which the parser
-    ignores and the writer does not write, is rewritten without them.
+    writes, valid UTF-8, no U+FFFE/U+FFFF. A record that differs only in what the parser ignores and
+    the writer does not write is rewritten without it: a namespace prefix on every element
+    (`<marc:record>`), attributes on its `record` tag (`xmlns=...`), whitespace between elements
+    (Princeton's Alma output, indented files), and data field attributes in another order (pymarc
+    writes `ind1 ind2 tag`).
     """
     out = writer_form(raw)
     return None if out is None else out + b"\n"
@@ -469,12 +473,16 @@ def passthrough_marcxml(raw: bytes) -> bytes | None:
 
 # a record start tag with a prefix and/or plain attributes (single spaces, printable ASCII values)
 _PASS_START = re.compile(rb'<([A-Za-z_][\w.\-]*:)?record((?: [\w.:\-]+="[ !#-%\'-;=?-~]*")*)>')
+# whitespace after a tag that holds elements, or after an element's end, before the next tag: not text
+_BETWEEN = re.compile(rb"(<record>|</leader>|</controlfield>|</subfield>|</datafield>|<datafield [^<>]*>)"
+                      rb"[ \t\r\n]++(?=<)")
+_IND_FIRST = re.compile(rb'<datafield ind1="(' + _CA + rb')" ind2="(' + _CA + rb')" tag="([0-9A-Za-z]{3})">')
 
 
 def writer_form(raw: bytes) -> bytes | None:
     """`raw` itself when it is a record element exactly as MarcXmlEncoder writes it, the element
-    rewritten without its namespace prefix / record attributes when that is all that differs, else
-    None (see passthrough_marcxml)."""
+    rewritten without what the parser ignores when that is all that differs, else None (see
+    passthrough_marcxml)."""
     if in_writer_form(raw):
         return raw
     start = _PASS_START.match(raw)
@@ -487,6 +495,14 @@ def writer_form(raw: bytes) -> bytes | None:
             return None
         body = body.replace(b"</" + prefix, b"</").replace(b"<" + prefix, b"<")
     out = b"<record>" + body
+    # split + join rather than sub with a template: a template is expanded in Python for every match
+    if b"<datafield ind1=" in out:
+        parts = _IND_FIRST.split(out)  # text, ind1, ind2, tag, text, ...
+        heads = map(b'<datafield tag="%s" ind1="%s" ind2="%s">'.__mod__,
+                    zip(parts[3::4], parts[1::4], parts[2::4], strict=True))
+        out = b"".join(chain.from_iterable(zip(parts[0::4], heads, strict=False))) + parts[-1]
+    if b">\n" in out or b">\r" in out or b">\t" in out:  # the blanks of indented and Princeton files
+        out = b"".join(_BETWEEN.split(out))  # the split keeps the tag before the blanks and drops them
     return out if in_writer_form(out) else None
 
 
