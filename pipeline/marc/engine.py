@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pipeline.destinations.base import Destination, DestinationError, OutputResult
-from pipeline.marc import marc21, marcjson, marcxml
+from pipeline.marc import marcxml
 from pipeline.marc.detect import CountingReader, Member, max_expanded_default, max_members_default, open_members
 from pipeline.marc.encoders import Encoder, get_encoder
-from pipeline.marc.framing import Frame, InputError, frames_terminated
+from pipeline.marc.framing import Chunk, Frame, InputError
+from pipeline.marc.readers import Framing, read_failure, reader  # noqa: F401  (read_failure: kept for callers)
 from pipeline.marc.record import Record, RecordError
 from pipeline.marc.report import FileResult, RunReport
 from pipeline.marc.sinks import FileSink, Sink, SinkFactory
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 BATCH_RECORDS = 500
 BATCH_BYTES = 512 << 10
 AUTO_PARALLEL_BYTES = 4 << 20  # smaller inputs are not worth starting worker processes
-_REJECT_EXT = {"marcxml": "xml", "marc21": "mrc", "json": "json", "empty": "txt"}
 
 OK, DROP, REJECT, RUN, COPY = 0, 1, 2, 3, 4
 
@@ -93,47 +93,6 @@ class Work:
         return taken
 
 
-def _parse(input_format: str, context: Any, frames: list[Frame],
-           fragments: marcxml.Fragments | None = None,
-           counters: dict[str, int] | None = None) -> list[Record | RecordError]:
-    """Parse a batch; any exception on one record (a reader bug, RecursionError on absurd nesting)
-    becomes that record's reject, never the file's failure. `counters` gathers the readers' salvages."""
-    if input_format == "marcxml":
-        try:
-            return marcxml.parse_marcxml_batch(context, [f.raw for f in frames], fragments)
-        except Exception as exc:  # find the record that broke the batch: parse one at a time
-            if len(frames) == 1:
-                return [read_failure(exc)]
-            return [item for f in frames for item in _parse(input_format, context, [f], fragments)]
-    parse: Callable[[bytes], Record] = (partial(marc21.parse_marc21, counters=counters) if input_format == "marc21"
-                                        else marcjson.parse_json_line)
-    out: list[Record | RecordError] = []
-    for f in frames:
-        try:
-            out.append(parse(f.raw))
-        except RecordError as exc:
-            out.append(exc)
-        except Exception as exc:
-            out.append(read_failure(exc))
-    return out
-
-
-def read_failure(exc: Exception) -> RecordError:
-    if isinstance(exc, RecordError):
-        return exc
-    if isinstance(exc, RecursionError):
-        return RecordError("record is nested too deeply to read", "read-too-deep")
-    return RecordError(f"record could not be read: {type(exc).__name__}: {exc}", "read-exception")
-
-
-def _salvage(input_format: str, raw: bytes | None) -> str | None:
-    if input_format == "marc21":
-        return marc21.salvage_id(raw)
-    if input_format == "json":
-        return marcjson.salvage_id(raw)
-    return marcxml.salvage_id(raw)
-
-
 def run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[int, Frame]],
               want_records: bool) -> tuple[list[tuple], dict[str, int]]:
     """Parse, transform and encode one batch. Outcomes, in order: `(OK, index, data, record)`,
@@ -163,13 +122,7 @@ def _passthrough(work: Work, input_format: str, context: Any,
     encode is a round trip, and most records are already in the writer's form."""
     if work.transform is not None or want_records:
         return None
-    kind = type(work.encoder)
-    if input_format == "marc21" and kind is marc21.Marc21Encoder:
-        return marc21.passthrough_marc21, b""
-    if (input_format == "marcxml" and kind is marcxml.MarcXmlEncoder
-            and context[0].upper().replace("_", "-") in ("UTF-8", "UTF8", "US-ASCII", "ASCII")):
-        return marcxml.writer_form, b"\n"
-    return None
+    return reader(input_format).copy(work.encoder, context)
 
 
 def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[int, Frame]],
@@ -184,20 +137,21 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
                 data = copy(frame.raw)  # type: ignore[arg-type]  # a frame without error has raw bytes
                 if data is not None:
                     copied[index] = data
-    good = [(i, f) for i, f in batch if f.error is None and i not in copied]
+    good = [f.raw for i, f in batch if f.error is None and i not in copied]
     encoder, transform = work.encoder, work.transform
     encode: Callable[[Record], bytes] = encoder.encode
     fragments: marcxml.Fragments | None = None
-    if input_format == "marcxml" and type(encoder) is marcxml.MarcXmlEncoder:
+    read = reader(input_format)
+    if read.reuses_text and type(encoder) is marcxml.MarcXmlEncoder:
         # MARCXML -> MARCXML: the writer reuses the parsed text of the fields the rules left alone
         fragments = {}
         encode = partial(encoder.encode_reusing, fragments=fragments)
     salvaged: dict[str, int] = {}
-    parsed = iter(_parse(input_format, context, [f for _, f in good], fragments, salvaged)) if good else iter(())
+    parsed = iter(read.parse(context, good, fragments, salvaged)) if good else iter(())  # type: ignore[arg-type]
     outcomes: list[tuple] = []
     for index, frame in batch:
         if frame.error is not None:
-            outcomes.append((REJECT, index, "read", frame.error, _salvage(input_format, frame.raw),
+            outcomes.append((REJECT, index, "read", frame.error, read.salvage(frame.raw),
                              frame.reason or "read-error"))
             continue
         if copied:
@@ -220,7 +174,7 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
                 continue
         item = next(parsed)
         if isinstance(item, RecordError):
-            outcomes.append((REJECT, index, "read", str(item), _salvage(input_format, frame.raw),
+            outcomes.append((REJECT, index, "read", str(item), read.salvage(frame.raw),
                              item.code or "read-error"))
             continue
         record: Record | None = item
@@ -275,6 +229,54 @@ def _worker_batch(input_format: str, context: Any, batch: list[tuple[int, Frame]
     return outcomes, counters, peak_rss_kb()
 
 
+def run_chunk(work: Work, input_format: str, context: Any, chunk_context: Any, chunk: Chunk,
+              want_records: bool) -> tuple[list[tuple], dict[str, int], dict[int, Frame], int, str | None]:
+    """Frame a chunk exactly as the main process would have, then run its records as one batch.
+
+    Returns the outcomes indexed from 0 within the chunk, with copied records already joined (the
+    main process does not hold them); the frames of rejected records and of records sent back
+    whole (their raw bytes and offsets go to the rejects if the sink refuses them); the number of
+    records; and the file-level error framing met, if any (the records before it are still in the
+    outcomes, as when the main process frames)."""
+    frames: list[Frame] = []
+    error = None
+    try:
+        frames.extend(reader(input_format).frame_chunk(chunk_context, chunk))  # type: ignore[misc]
+    except InputError as exc:
+        error = str(exc)
+    outcomes, counters = run_batch(work, input_format, context, list(enumerate(frames)), want_records) \
+        if frames else ([], {})
+    out: list[tuple] = []
+    rejected: dict[int, Frame] = {}
+    n = 0
+    for outcome in outcomes:
+        kind = outcome[0]
+        if kind == COPY:
+            count, suffix = outcome[1], outcome[2]
+            raws = [frame.raw for frame in frames[n:n + count]]
+            data = suffix.join(raws) + suffix if suffix else b"".join(raws)  # type: ignore[arg-type]
+            if out and out[-1][0] == RUN:
+                out[-1] = (RUN, out[-1][1] + count, out[-1][2] + data)
+            else:
+                out.append((RUN, count, data))
+            n += count
+            continue
+        if kind == REJECT or kind == OK:
+            rejected[outcome[1]] = frames[outcome[1]]
+        if kind == RUN and out and out[-1][0] == RUN:
+            out[-1] = (RUN, out[-1][1] + outcome[1], out[-1][2] + outcome[2])
+        else:
+            out.append(outcome)
+        n += outcome[1] if kind == RUN else 1
+    return out, counters, rejected, len(frames), error
+
+
+def _worker_chunk(input_format: str, context: Any, chunk_context: Any, chunk: Chunk,
+                  want_records: bool) -> tuple[list[tuple], dict[str, int], dict[int, Frame], int, str | None, int]:
+    assert _WORKER is not None
+    return (*run_chunk(_WORKER, input_format, context, chunk_context, chunk, want_records), peak_rss_kb())
+
+
 def peak_rss_kb() -> int:
     """This process's peak RSS in KiB. /proc's VmHWM is per process image; ru_maxrss would include the
     parent's peak inherited at fork/exec."""
@@ -313,6 +315,9 @@ class WorkerPool:
 
     def submit(self, *args: Any) -> Future:
         return self._executor.submit(_worker_batch, *args)
+
+    def submit_chunk(self, *args: Any) -> Future:
+        return self._executor.submit(_worker_chunk, *args)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -384,27 +389,18 @@ class _MemberRun:
         self.sink_factory = sink_factory
         self.result = result
         self.sink: Sink | None = None
-        self.framer: marcxml.XmlFramer | None = None
+        self.reader = reader(member.format)
+        self.framer: Framing = self.reader.framing(member.stream)
         suffix = f".from-{start_record}" if start_record else ""
-        self.rejects = _Rejects(destination, member.name, stem + suffix, _REJECT_EXT[member.format], self._wrapper)
+        self.rejects = _Rejects(destination, member.name, stem + suffix, self.reader.reject_ext,
+                                self.framer.rejects_wrapper)
         self.stem = stem
 
-    def _wrapper(self) -> tuple[bytes, bytes]:
-        return self.framer.rejects_wrapper() if self.framer is not None else (b"", b"")
-
-    def frames(self) -> Iterator[Frame]:
-        fmt, stream = self.member.format, self.member.stream
-        if fmt == "marcxml":
-            self.framer = marcxml.XmlFramer(stream)
-            return self.framer.frames()
-        if fmt == "marc21":
-            return frames_terminated(stream, b"\x1d", what="record")
-        if fmt == "json":
-            return frames_terminated(stream, b"\n", what="line")
-        return iter(())
+    def frames(self, chunked: bool = False) -> Iterator[Frame | Chunk]:
+        return self.framer.frames(chunked and self.reader.frame_chunk is not None)
 
     def context(self) -> Any:
-        return self.framer.context() if self.framer is not None else None
+        return self.framer.context()
 
     def open_sink(self) -> Sink:
         if self.sink is None:
@@ -506,6 +502,32 @@ def _batches(frames: Iterable[Frame], first: int, start_record: int,
         yield batch
 
 
+def _pieces(items: Iterable[Frame | Chunk]) -> Iterator[list[tuple[int, Frame]] | Chunk]:
+    """For workers that frame: chunks as they come, frames between them in batches numbered from 0
+    (records are numbered when their results come back in order; a chunk's count is known only then)."""
+    batch: list[tuple[int, Frame]] = []
+    size = 0
+    try:
+        for item in items:
+            if type(item) is Chunk:
+                if batch:
+                    yield batch
+                    batch, size = [], 0
+                yield item
+                continue
+            batch.append((len(batch), item))  # type: ignore[arg-type]
+            size += len(item.raw) if item.raw else 0  # type: ignore[union-attr]
+            if len(batch) >= BATCH_RECORDS or size >= BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+    except InputError:
+        if batch:
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
 def _unique(stem: str, used: set[str]) -> str:
     candidate, n = stem, 1
     while candidate in used:
@@ -578,8 +600,12 @@ def process_file(
             result.input_format = result.input_format or member.format
             current = _MemberRun(member, _unique(member.stem, stems), counter[0], start_record, destination,
                                  local.encoder, factory, result)
-            batches = _batches(current.frames(), counter[0], start_record, counter)
-            stopped = _run_member(current, batches, local, pool, should_stop, progress, counting)
+            if pool is not None and start_record <= counter[0]:  # workers frame: nothing to skip here
+                stopped = _run_member_chunked(current, _pieces(current.frames(chunked=True)), pool, should_stop,
+                                              progress, counting, counter)
+            else:
+                batches = _batches(current.frames(), counter[0], start_record, counter)
+                stopped = _run_member(current, batches, local, pool, should_stop, progress, counting)
             if stopped is not None:
                 current.finish(complete=False)
                 result.complete = False
@@ -656,6 +682,55 @@ def _run_member(run: _MemberRun, batches: Iterator[list[tuple[int, Frame]]], loc
         for _, future in inflight:
             future.cancel()
     return stopped_at
+
+
+def _run_member_chunked(run: _MemberRun, pieces: Iterator[list[tuple[int, Frame]] | Chunk], pool: WorkerPool,
+                        should_stop: Callable[[], bool] | None, progress: Callable[[int, int], None] | None,
+                        counting: CountingReader, counter: list[int]) -> int | None:
+    """`_run_member` with framing in the workers: chunks and batches are numbered as their results
+    come back, in order (`counter[0]` is the next record's index)."""
+    inflight: deque[tuple[list[tuple[int, Frame]] | Chunk, Future]] = deque()
+    limit = 2 * pool.workers
+    stopped = False
+
+    def collect() -> None:
+        item, future = inflight.popleft()
+        base = counter[0]
+        if type(item) is Chunk:
+            outcomes, counters, rejected, count, error, rss = future.result()
+            batch = [(base + i, frame) for i, frame in rejected.items()]
+        else:
+            outcomes, counters, rss = future.result()
+            count, error = len(item), None
+            batch = [(base + i, frame) for i, frame in item]  # type: ignore[union-attr]
+        pool.peak_rss_kb = max(pool.peak_rss_kb, rss)
+        outcomes = [(o[0], base + o[1], *o[2:]) if o[0] == REJECT or o[0] == OK else o for o in outcomes]
+        run.deliver(batch, outcomes, counters)
+        counter[0] = base + count
+        if progress is not None:
+            progress(run.result.records_in, counting.count)
+        if error is not None:
+            raise InputError(error)
+
+    try:
+        for item in pieces:
+            if should_stop is not None and run.result.records_in and should_stop():  # progress first
+                stopped = True
+                break
+            want = bool(run.open_sink().wants_record)  # records go back to the main process only if needed
+            if type(item) is Chunk:
+                future = pool.submit_chunk(run.member.format, run.context(), run.framer.chunk_context(), item, want)
+            else:
+                future = pool.submit(run.member.format, run.context(), item, want)
+            inflight.append((item, future))
+            while len(inflight) >= limit:
+                collect()
+        while inflight:
+            collect()
+    finally:
+        for _, future in inflight:
+            future.cancel()
+    return counter[0] if stopped else None
 
 
 def _collect(item: tuple[list[tuple[int, Frame]], Future], done: Callable[..., None], pool: WorkerPool) -> None:

@@ -1,10 +1,13 @@
 """Cutting an input stream into raw records without parsing them.
 
-The engine frames records in the main process (cheap byte searches) and parses them in parallel
-workers, so framing is the only sequential step. A `Frame` carries the record's raw bytes, exactly
-as they were in the input (so a rejected record can be written back in its original form), and its
-byte offset in the (decompressed) stream. A frame that could not be cut cleanly carries an `error`
-and becomes a reject without being parsed.
+A `Frame` carries the record's raw bytes, exactly as they were in the input (so a rejected record can
+be written back in its original form), and its byte offset in the (decompressed) stream. A frame that
+could not be cut cleanly carries an `error` and becomes a reject without being parsed.
+
+With worker processes the main process does not frame record by record: it cuts the stream into
+`Chunk`s, runs of whole records ending at a record end (one byte search per block), and each worker
+frames its chunk with the same code, giving exactly the frames the main process would have given.
+Framing is then no longer the sequential step that keeps a second core waiting.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ class Frame(NamedTuple):
     raw: bytes | None  # None when the record was too large to keep
     error: str | None = None
     reason: str | None = None  # the reject's reason code when `error` is set
+
+
+class Chunk(NamedTuple):
+    """A run of whole records (with what lies between them) starting at stream `offset`, framed by a worker."""
+
+    offset: int
+    data: bytes
 
 
 class InputError(Exception):
@@ -77,3 +87,56 @@ def frames_terminated(stream: BinaryIO, terminator: bytes, *, what: str,
     tail = buf.lstrip(_SPACE)
     if tail.strip(_SPACE):
         yield Frame(base + len(buf) - len(tail), tail)
+
+
+class _Once:
+    """A stream whose first read returns all of `data`: a chunk is framed as one buffer, as the main
+    process held it (so the size limit applies to the same bytes)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def read(self, size: int = -1) -> bytes:
+        data, self._data = self._data, None
+        return data or b""
+
+
+class _Prepend:
+    """`head`, then the rest of `stream`, in reads of at most `BLOCK` after the head."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self._head: bytes | None = head
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head is not None:
+            head, self._head = self._head, None
+            return head
+        return self._stream.read(size)
+
+
+def chunks_terminated(stream: BinaryIO, terminator: bytes, *, what: str,
+                      max_record: int = MAX_RECORD_BYTES) -> Iterator[Chunk | Frame]:
+    """`frames_terminated` for worker processes: each block read is cut after its last terminator and
+    handed on whole. The reads and the buffer left after each are those of `frames_terminated`, so a
+    record over `max_record` is met at the same point: from there on the stream is framed here."""
+    buf = b""
+    base = 0
+    for block in iter(lambda: stream.read(BLOCK), b""):
+        buf = buf + block if buf else block
+        cut = buf.rfind(terminator) + 1
+        if cut:
+            yield Chunk(base, buf[:cut])
+            buf = buf[cut:]
+            base += cut
+        if len(buf) > max_record:
+            yield from frames_terminated(_Prepend(buf, stream), terminator, what=what,  # type: ignore[arg-type]
+                                         max_record=max_record, offset=base)
+            return
+    if buf:
+        yield Chunk(base, buf)
+
+
+def frame_chunk_terminated(chunk: Chunk, terminator: bytes, *, what: str) -> Iterator[Frame]:
+    """The frames of a chunk cut by `chunks_terminated` (in a worker)."""
+    return frames_terminated(_Once(chunk.data), terminator, what=what, offset=chunk.offset)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 from lxml import etree
 
-from pipeline.marc.framing import BLOCK, MAX_RECORD_BYTES, NOT_A_RECORD, TOO_LARGE, Frame, InputError
+from pipeline.marc.framing import BLOCK, MAX_RECORD_BYTES, NOT_A_RECORD, TOO_LARGE, Chunk, Frame, InputError
 from pipeline.marc.record import Field, Record, RecordError
 
 NS = "http://www.loc.gov/MARC21/slim"
@@ -42,8 +42,20 @@ _DECL = re.compile(rb"<\?xml\s[^?]*?encoding\s*=\s*[\"']([A-Za-z0-9._\-]+)[\"']"
 _MISC = re.compile(rb"\s+|<!--.*?-->|<\?.*?\?>", re.S)
 _DOCTYPE = re.compile(rb"<!DOCTYPE\s[^\[>]*(?:\[.*?\]\s*)?>", re.S)
 
+CHUNK_BYTES = 512 << 10  # the most a chunk of records for a worker holds (a larger record is framed alone)
 _PARSER_OPTIONS = dict(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
                        huge_tree=True, remove_blank_text=False, collect_ids=False)
+
+
+def _markup_after(buf: bytes, mark: bytes, start: int, end: int) -> bool:
+    """Whether `<` + `mark` occurs in buf[start:end]. `!` and `?` are rare in records, `<` is in every
+    tag: finding the one byte (at memchr speed) and looking back beats a two-byte search several times."""
+    i = buf.find(mark, start + 1, end)
+    while i >= 0:
+        if buf[i - 1] == 0x3C:
+            return True
+        i = buf.find(mark, i + 1, end)
+    return False
 
 
 def _local(name: bytes) -> bytes:
@@ -117,7 +129,8 @@ class XmlFramer:
                 return m
 
     # -- frames ---------------------------------------------------------------------------------
-    def frames(self) -> Iterator[Frame]:
+    def frames(self, chunked: bool = False) -> Iterator[Frame | Chunk]:
+        """The records, one frame each; with `chunked`, plain runs of records come as `Chunk`s."""
         self._fill()
         if self._buf.startswith((b"\xff\xfe", b"\xfe\xff")) or self._buf[:4] in (b"<\x00?\x00", b"\x00<\x00?"):
             raise InputError("XML in UTF-16 is not supported; convert the file to UTF-8")
@@ -146,11 +159,20 @@ class XmlFramer:
         if start.group(3):  # <collection/>
             self._expect_end(self._skip_misc(start.end()))
             return
-        pos = start.end()
+        yield from self._children(start.end(), name, chunked)
+
+    def _children(self, pos: int, name: bytes, chunked: bool = False, block: bool = False) -> Iterator[Frame | Chunk]:
+        """The elements inside the root `name` from `pos`: a frame each, or with `chunked` a `Chunk` of
+        many where that is safe. With `block`, the buffer is a chunk (see `frame_chunk`): its end is
+        the end of the records, not a truncated file."""
         end_tag = re.compile(rb"</" + re.escape(name) + rb"\s*>")
+        record_start, record_end = b"", b""
+        plain_from = 0  # no chunk before this stream offset (a window refused lately)
         while True:
             pos = self._skip_misc(pos)
             if pos >= len(self._buf):
+                if block:
+                    return
                 raise InputError(f"XML ends at byte {self._base + pos} inside <{name.decode()}> "
                                  "(truncated file?)")
             m = end_tag.match(self._buf, pos)
@@ -162,8 +184,53 @@ class XmlFramer:
                 raise InputError(f"malformed XML at byte {self._base + pos}: expected a <record> element, "
                                  f"found {snippet!r}")
             start = self._need(pos, _START, "a start tag")
+            if chunked and self._base + pos >= plain_from:
+                if start.group(1) != record_start[1:]:
+                    record_start, record_end = b"<" + start.group(1), b"</" + start.group(1) + b">"
+                end = self._chunk_end(pos, record_start, record_end)
+                if end:
+                    yield Chunk(self._base + pos, self._buf[pos:end])
+                    if end > BLOCK:
+                        self._drop(end)
+                        end = 0
+                    pos = end
+                    continue
+                plain_from = self._base + pos + CHUNK_BYTES
             yield from self._record(pos, start)
             pos = self._end_of_last
+
+    def _chunk_end(self, pos: int, record_start: bytes, record_end: bytes) -> int:
+        """Where a chunk of whole records starting at `pos` can end, or 0. Only plain runs are cut: no
+        comment, CDATA, processing instruction or DOCTYPE (`<!`, `<?`) and as many start tags as end
+        tags, so every end tag in it ends a record exactly as record-by-record framing would find it."""
+        while len(self._buf) - pos < CHUNK_BYTES and self._fill():
+            pass
+        last = self._buf.rfind(record_end, pos, pos + CHUNK_BYTES)
+        if last < 0:
+            return 0
+        end = last + len(record_end)
+        buf = self._buf
+        if (_markup_after(buf, b"!", pos, end) or _markup_after(buf, b"?", pos, end)
+                or buf.count(record_start, pos, end) != buf.count(record_end, pos, end)):
+            return 0
+        begin = buf.rfind(record_start, pos, last)  # the end tag must not sit in that start tag's attributes
+        start = _START.match(buf, begin) if begin >= 0 else None
+        return end if start is not None and start.end() <= last else 0
+
+    def frame_chunk(self, chunk: Chunk) -> Iterator[Frame]:
+        """The frames of a chunk this framer cut (in a worker: a framer made with `for_chunks`)."""
+        self._buf, self._base, self._eof = chunk.data, chunk.offset, True
+        return self._children(0, self.root_name, block=True)  # type: ignore[return-value]
+
+    def chunk_context(self) -> bytes:
+        """What a worker's framer needs to frame this input's chunks: the root element's name."""
+        return self.root_name
+
+    @classmethod
+    def for_chunks(cls, root_name: bytes) -> XmlFramer:
+        framer = cls(None)  # type: ignore[arg-type]  # reads nothing: frame_chunk hands it its bytes
+        framer.root_name = root_name
+        return framer
 
     def _record(self, pos: int, start: re.Match[bytes]) -> Iterator[Frame]:
         """Frame the element starting at `pos`; sets `_end_of_last` (buffer position after it)."""
