@@ -205,6 +205,25 @@ def test_rules_drop_reject_and_edit(tmp_path):
     assert entry["stage"] == "rules" and entry["id"] == "BROKEN" and entry["index"] == 7
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rules_are_compiled_once_per_run(tmp_path, monkeypatch, workers):
+    """A rules file is read and compiled once in the main process, however many files and workers a run
+    has (workers get the compiled set: inherited when forked, as its text otherwise)."""
+    import pipeline.rules
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    loads = []
+    real = pipeline.rules.load_rules
+    monkeypatch.setattr(pipeline.rules, "load_rules", lambda path: loads.append(path) or real(path))
+    inputs = [Input.from_path(marcgen.write_marcxml(tmp_path / f"in{i}.xml", marcgen.records(12, seed=9 + i)))
+              for i in range(3)]
+    report = process(inputs, LocalDestination(tmp_path / "out"), rules_path=str(rules), workers=workers)
+    assert report.ok and loads == [str(rules)] and report.rules == str(rules)
+    assert sum(f.records_out for f in report.files) == 36
+    assert all(b'tag="9' not in (tmp_path / "out" / f"in{i}.xml").read_bytes() for i in range(3))  # they ran
+
+
 def test_a_tiny_budget_still_makes_progress(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "BATCH_RECORDS", 10)
     src = marcgen.write_marc21(tmp_path / "in.mrc", marcgen.records(25, seed=10))

@@ -13,6 +13,7 @@ from pipeline.destinations.local import LocalDestination
 from pipeline.marc import engine, marc21, marcxml
 from pipeline.marc.engine import Input, process_file
 from pipeline.marc.record import Field, Record, RecordError
+from pipeline.rules import load_rules
 
 UTF8 = ("UTF-8", b"")
 
@@ -263,7 +264,7 @@ def test_no_passthrough_with_rules_or_a_record_sink_or_another_format(tmp_path):
     assert engine._passthrough(engine.Work("json", None, None), "marc21", None, False) is None
     rules = tmp_path / "rules.yaml"
     rules.write_text("version: 1\nrules:\n  - remove: 9XX\n")
-    assert engine._passthrough(engine.Work("marc21", None, str(rules)), "marc21", None, False) is None
+    assert engine._passthrough(engine.Work("marc21", None, load_rules(rules)), "marc21", None, False) is None
 
 
 @pytest.mark.parametrize("workers", [1, 2])

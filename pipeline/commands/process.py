@@ -73,11 +73,12 @@ def run(args: argparse.Namespace) -> int:
         encoder = get_encoder(args.format, **options)
     except FormatError as exc:
         raise UsageError(f"process: {exc}") from None
+    rules = None
     if args.rules:
         from pipeline.rules import RulesError, load_rules
 
         try:
-            load_rules(args.rules)
+            rules = load_rules(args.rules)  # compiled once: the engine and its workers use this
         except RulesError as exc:
             raise UsageError(f"process: {exc}") from None
         except OSError as exc:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         _refuse_overwriting_inputs([Path(n) for n in args.inputs], Path(args.out), encoder.extension)
     destination, sink_factory = _output.open_output("process", args.out, args.per_record)
     try:
-        report = process(inputs, destination, fmt=args.format, rules_path=args.rules,
+        report = process(inputs, destination, fmt=args.format, rules_path=args.rules, rules=rules,
                          encoder_options=options, workers=args.workers, progress=True, sink_factory=sink_factory,
                          max_expanded_bytes=None if args.max_expanded_mib is None else args.max_expanded_mib << 20)
     except (OSError, DestinationError) as exc:

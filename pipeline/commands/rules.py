@@ -80,37 +80,19 @@ def read_records(path: str) -> Iterator[Record | RecordError]:
 
     Uses the engine's detection, framing and parsers, so `try` sees exactly what `process` sees.
     """
-    from pipeline.marc import marc21, marcjson, marcxml
     from pipeline.marc.detect import max_expanded_default, open_members
-    from pipeline.marc.engine import read_failure
-    from pipeline.marc.framing import frames_terminated
+    from pipeline.marc.readers import reader
     from pipeline.marc.record import RecordError
 
     with open(path, "rb") as stream:
         for member in open_members(Path(path).name, stream, max_expanded=max_expanded_default()):
-            if member.format == "marcxml":
-                framer = marcxml.XmlFramer(member.stream)
-                for frame in framer.frames():
-                    if frame.raw is None:
-                        yield RecordError(frame.error or "record not read")
-                    else:
-                        try:
-                            yield marcxml.parse_marcxml_batch(framer.context(), [frame.raw])[0]
-                        except Exception as exc:
-                            yield read_failure(exc)
-                continue
-            if member.format not in ("marc21", "json"):
-                continue
-            parse = marc21.parse_marc21 if member.format == "marc21" else marcjson.parse_json_line
-            terminator, what = (b"\x1d", "record") if member.format == "marc21" else (b"\n", "line")
-            for frame in frames_terminated(member.stream, terminator, what=what):
-                if frame.raw is None:
+            read = reader(member.format)
+            framing = read.framing(member.stream)
+            for frame in framing.frames():
+                if frame.error is not None or frame.raw is None:  # as the engine: rejected unparsed
                     yield RecordError(frame.error or "record not read")
-                    continue
-                try:
-                    yield parse(frame.raw)
-                except Exception as exc:  # as in the engine: one record's problem, never the run's
-                    yield read_failure(exc)
+                else:
+                    yield read.parse_one(framing.context(), frame.raw)
 
 
 def run_try(args: argparse.Namespace, out: TextIO | None = None) -> int:

@@ -42,7 +42,7 @@ from pipeline.marc import marcxml
 from pipeline.marc.detect import CountingReader, Member, max_expanded_default, max_members_default, open_members
 from pipeline.marc.encoders import Encoder, get_encoder
 from pipeline.marc.framing import Chunk, Frame, InputError
-from pipeline.marc.readers import Framing, read_failure, reader  # noqa: F401  (read_failure: kept for callers)
+from pipeline.marc.readers import Framing, reader
 from pipeline.marc.record import Record, RecordError
 from pipeline.marc.report import FileResult, RunReport
 from pipeline.marc.sinks import FileSink, Sink, SinkFactory
@@ -71,16 +71,25 @@ class Input:
 
 
 # --- the per-batch work (same code in this process and in workers) ---------------------------------
+Transform = Callable[[Record], Record | None]
+
+
+def load(rules: Transform | None, rules_path: str | os.PathLike[str] | None) -> Transform | None:
+    """The compiled rules of a run: `rules` as given, else the file at `rules_path` compiled here, once
+    (a RuleSet travels to worker processes as its text and is compiled there once each)."""
+    if rules is not None or not rules_path:
+        return rules
+    from pipeline.rules import load_rules
+
+    return load_rules(rules_path)
+
+
 class Work:
     """The encoder and transform of a run, built once per process."""
 
-    def __init__(self, fmt: str, options: dict[str, Any] | None, rules_path: str | None) -> None:
+    def __init__(self, fmt: str, options: dict[str, Any] | None, rules: Transform | None) -> None:
         self.encoder: Encoder = get_encoder(fmt, **(options or {}))
-        self.transform: Callable[[Record], Record | None] | None = None
-        if rules_path:
-            from pipeline.rules import load_rules
-
-            self.transform = load_rules(rules_path)
+        self.transform: Transform | None = rules
 
     def counters(self) -> dict[str, int]:
         """The encoder's counters since the last call (then reset)."""
@@ -217,9 +226,9 @@ def _run_batch(work: Work, input_format: str, context: Any, batch: list[tuple[in
 _WORKER: Work | None = None
 
 
-def _worker_init(fmt: str, options: dict[str, Any] | None, rules_path: str | None) -> None:
+def _worker_init(fmt: str, options: dict[str, Any] | None, rules: Transform | None) -> None:
     global _WORKER
-    _WORKER = Work(fmt, options, rules_path)
+    _WORKER = Work(fmt, options, rules)
 
 
 def _worker_batch(input_format: str, context: Any, batch: list[tuple[int, Frame]],
@@ -299,7 +308,7 @@ class WorkerPool:
     usual `if __name__ == "__main__":` guard).
     """
 
-    def __init__(self, workers: int, fmt: str, options: dict[str, Any] | None, rules_path: str | None) -> None:
+    def __init__(self, workers: int, fmt: str, options: dict[str, Any] | None, rules: Transform | None) -> None:
         import multiprocessing
         import threading
 
@@ -311,7 +320,7 @@ class WorkerPool:
         self.workers = workers
         self.peak_rss_kb = 0
         self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                                             initializer=_worker_init, initargs=(fmt, options, rules_path))
+                                             initializer=_worker_init, initargs=(fmt, options, rules))
 
     def submit(self, *args: Any) -> Future:
         return self._executor.submit(_worker_batch, *args)
@@ -544,6 +553,7 @@ def process_file(
     *,
     fmt: str = "marcxml",
     rules_path: str | None = None,
+    rules: Transform | None = None,
     encoder_options: dict[str, Any] | None = None,
     workers: int | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -569,7 +579,8 @@ def process_file(
     """
     started = time.monotonic()
     result = FileResult(name=input.name, records_done=start_record)
-    local = Work(fmt, encoder_options, rules_path)  # also validates format, options and rules up front
+    rules = load(rules, rules_path)
+    local = Work(fmt, encoder_options, rules)  # also validates format and options up front
     factory = sink_factory or FileSink.factory
     cap = max_expanded_bytes if max_expanded_bytes is not None else max_expanded_default()
     stems = used_stems if used_stems is not None else set()
@@ -579,7 +590,7 @@ def process_file(
         wanted = workers if workers is not None else (
             available_cores() if input.size is None or input.size >= AUTO_PARALLEL_BYTES else 1)
         if wanted > 1:
-            own_pool = pool = WorkerPool(wanted, fmt, encoder_options, rules_path)
+            own_pool = pool = WorkerPool(wanted, fmt, encoder_options, rules)
     counter = [0]  # next record index (across members)
     current: _MemberRun | None = None
     try:
@@ -746,6 +757,7 @@ def process(
     *,
     fmt: str = "marcxml",
     rules_path: str | None = None,
+    rules: Transform | None = None,
     encoder_options: dict[str, Any] | None = None,
     workers: int | None = None,
     progress: bool = False,
@@ -756,12 +768,14 @@ def process(
     does not stop the others (see `RunReport.ok`)."""
     started = time.monotonic()
     inputs = list(inputs)
-    Work(fmt, encoder_options, rules_path)  # bad format / options / rules fail before any output
-    report = RunReport(format=fmt, rules=rules_path, started=datetime.now(UTC).isoformat(timespec="seconds"))
+    rules = load(rules, rules_path)  # compiled once for the run: bad rules fail before any output
+    Work(fmt, encoder_options, rules)  # bad format / options fail before any output
+    report = RunReport(format=fmt, rules=str(rules_path) if rules_path else getattr(rules, "source", None),
+                       started=datetime.now(UTC).isoformat(timespec="seconds"))
     total = sum(i.size or 0 for i in inputs)
     wanted = workers if workers is not None else (
         available_cores() if any(i.size is None or i.size >= AUTO_PARALLEL_BYTES for i in inputs) else 1)
-    pool = WorkerPool(wanted, fmt, encoder_options, rules_path) if wanted > 1 else None
+    pool = WorkerPool(wanted, fmt, encoder_options, rules) if wanted > 1 else None
     report.workers = wanted
     bar = _Progress(total) if progress and sys.stderr.isatty() else None
     stems: set[str] = set()
@@ -776,7 +790,7 @@ def process(
                 def callback(records: int, nbytes: int, base: int = base, name: str = name) -> None:
                     bar.update(name, records, base + nbytes)
             try:
-                result = process_file(item, destination, fmt=fmt, rules_path=rules_path,
+                result = process_file(item, destination, fmt=fmt, rules=rules,
                                       encoder_options=encoder_options, workers=1 if pool is None else wanted,
                                       max_expanded_bytes=max_expanded_bytes, progress=callback, pool=pool,
                                       used_stems=stems, sink_factory=sink_factory)
