@@ -1,10 +1,13 @@
 """The streaming engine: input -> detect -> frame -> parse -> rules -> encode -> sink, in flat memory.
 
-The main process unwraps containers, frames raw records (framing.py) and writes results in input
-order; parsing, the rules and encoding run on batches of records, either in this process (one core,
-small inputs) or in a pool of worker processes (large inputs). At most `2 x workers` batches are
-in flight, so memory stays bounded whatever the input size. Workers build their own encoder and
-load the rules from the path (callables need not be picklable).
+The main process unwraps containers and writes results in input order. In one process (one core,
+small inputs) it frames raw records and runs parsing, the rules and encoding on batches of them.
+With a pool of worker processes (large inputs) it only cuts the stream into chunks of whole
+records, and each worker frames its chunk with the same code (readers.py), then parses, applies
+the rules and encodes: framing record by record in the main process kept a second core waiting.
+At most `2 x workers` batches or chunks are in flight, so memory stays bounded whatever the input
+size. Workers build their own encoder and get the run's compiled rules once (a RuleSet is pickled
+as its text).
 
 Without rules, MARC 21 -> MARC 21 and MARCXML -> MARCXML records that are already in the writer's
 form are copied instead of parsed and re-encoded (`_passthrough`; same bytes, several times faster),
