@@ -90,7 +90,7 @@ def read_records(path: str) -> Iterator[Record | RecordError]:
             framing = read.framing(member.stream)
             for frame in framing.frames():
                 if frame.error is not None or frame.raw is None:  # as the engine: rejected unparsed
-                    yield RecordError(frame.error or "record not read")
+                    yield RecordError(frame.error or "record not read", frame.reason or "read-error")
                 else:
                     yield read.parse_one(framing.context(), frame.raw)
 

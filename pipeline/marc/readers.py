@@ -109,7 +109,8 @@ def _utf8(context: Any) -> bool:
 class Reader:
     """One input format. `parse(context, raws, fragments, counters)` gives a Record or the RecordError
     that rejects it for each raw record (salvages counted in `counters`); `copy(encoder, context)` the
-    pass-through `(copy, suffix)` for that writer, if any: `copy(raw)` is the record's output less `suffix` (None: take the full path)."""
+    pass-through `(copy, suffix)` for that writer, if any: `copy(raw)` is the record's output less
+    `suffix` (None: take the full path)."""
 
     format: str
     reject_ext: str
