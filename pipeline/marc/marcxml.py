@@ -508,15 +508,15 @@ def _fast_record(raw: bytes, fragments: Fragments | None = None) -> Record | Non
 # elements, no namespace prefix, attributes in the writer's order, only the escapes it uses) comes out
 # of parse + encode unchanged, so it can be copied. Text: anything but markup and the C0 controls
 # XML forbids (or that lxml would normalise, CR); attribute values: printable ASCII without escapes
-# (subfield codes of any length, as Alma writes `aa`). Possessive quantifiers: a record that is not in
-# the writer's form fails where it differs, without backtracking over everything before.
+# (subfield codes of one or more characters, as Alma writes `aa`). Possessive quantifiers: a record
+# that is not in the writer's form fails where it differs, without backtracking over everything before.
 _CT = rb"[^<>&\x00-\x08\x0b-\x1f]*+(?:&(?:amp|lt|gt);[^<>&\x00-\x08\x0b-\x1f]*+)*+"
 _CA = rb"[ !#-%'-;=?-~]"
 _CANONICAL = re.compile(
     rb"<record><leader>(?:[ !#-%'-;=?-~]|&(?:amp|lt|gt);){24}</leader>"
     rb"(?:<controlfield tag=\"[0-9A-Za-z]{3}\">" + _CT + rb"</controlfield>"
     rb"|<datafield tag=\"[0-9A-Za-z]{3}\" ind1=\"" + _CA + rb"\" ind2=\"" + _CA + rb"\">"
-    rb"(?:<subfield code=\"" + _CA + rb"*+\">" + _CT + rb"</subfield>)*+</datafield>)*+</record>")
+    rb"(?:<subfield code=\"" + _CA + rb"++\">" + _CT + rb"</subfield>)*+</datafield>)*+</record>")
 
 
 def passthrough_marcxml(raw: bytes) -> bytes | None:
