@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline import notify, settings, submitter
+from pipeline import notify, settings, submitter, telemetry
 from pipeline.ledger import FileState, JobRecord, Ledger, LedgerError
 from pipeline.marc.report import merge_reasons
 from pipeline.messages import FileMessage
@@ -327,7 +327,7 @@ class JobService:
         except Exception as exc:  # a bad source setting or URL: retry (then poison) with the reason
             raise JobError(f"job instance {msg.instance_id} file {msg.file}: source {spec.source}: {exc}") from None
         work = FileWork(name=msg.file, size=state.info.get("size"), spec=spec, source=source,
-                        destination=self.destination_factory(spec.destination),
+                        destination=telemetry.traced(self.destination_factory(spec.destination)),
                         start_record=int(checkpoint.get("records_done", 0)),
                         resume_outputs=dict(checkpoint.get("outputs", {})),
                         used_stems=stems_taken_by_others(record, msg.file),
@@ -349,6 +349,9 @@ class JobService:
             raise JobError(f"job instance {msg.instance_id} file {msg.file}: {error}")
 
         assert outcome is not None
+        telemetry.file_processed({**outcome.summary, "complete": outcome.complete}, self.clock() - started,
+                                 msg.job_id, max((p.get("bytes_in") or 0 for p in checkpoint.get("results", [])),
+                                                 default=0))
         if not outcome.complete:
             ledger.checkpoint_file(msg.instance_id, msg.file, {
                 "records_done": outcome.records_done, "outputs": {**work.resume_outputs, **outcome.checkpoints},
@@ -402,7 +405,7 @@ class JobService:
         record = self.ledger.get(instance_id)
         assert record is not None
         try:
-            destination = self.destination_factory(record.job["destination"])
+            destination = telemetry.traced(self.destination_factory(record.job["destination"]))
             body = json.dumps(manifest(record), indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
             written = destination.write_bytes(MANIFEST, body)
         except Exception as exc:

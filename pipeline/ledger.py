@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from pipeline import jobindex
 from pipeline.messages import check_id
 
 log = logging.getLogger(__name__)
@@ -521,6 +522,21 @@ class Ledger:
         records.sort(key=lambda r: r.planned_at or r.updated_at or "", reverse=True)
         return records
 
+    def index_page(self, size: int, token: str | None = None, *, at_least: int = 0) -> jobindex.Page:
+        """One page of instance summaries, newest first, in one storage read (pipeline/jobindex.py);
+        an in-memory ledger sorts its records instead."""
+        container = getattr(self.store, "container", None)
+        if container is None:
+            return jobindex.page_of(self.list_instances(), size, token, at_least=at_least)
+        return jobindex.read_page(container, size, token, at_least=at_least)
+
+    def reindex(self) -> tuple[int, int]:
+        """Rebuild the job index from every ledger record: (entries written, stale entries removed)."""
+        container = getattr(self.store, "container", None)
+        if container is None:
+            return 0, 0
+        return jobindex.rebuild(container, self.list_instances())
+
     # ---- the read-modify-write loop ------------------------------------------------------------
 
     def _transact(
@@ -543,6 +559,7 @@ class Ledger:
                 record, before = create(), b""
             else:
                 record, before = got  # what we wrote is to_json's own form: comparing bytes needs no re-encoding
+            listed = jobindex.stored(record) if record.etag else None
             result = fn(record)
             if record.etag and record.to_json() == before:
                 return record, result
@@ -555,6 +572,9 @@ class Ledger:
                 time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
                 continue
             record.etag = etag
+            container = getattr(self.store, "container", None)
+            if container is not None:  # blob storage: the status page's newest-first listing
+                jobindex.write(container, record, listed)
             return record, result
         raise LedgerConflict(
             f"ledger blob {self.container}/{name}: gave up after {self.max_attempts} conflicting writes"

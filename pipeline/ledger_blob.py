@@ -42,6 +42,7 @@ class BlobStore:
 
     def __init__(self, service: BlobServiceClient, container: str = CONTAINER) -> None:
         self._container = service.get_container_client(container)
+        self.container = self._container  # the job index (pipeline/jobindex.py) lives beside the documents
         self.name = container
 
     @classmethod

@@ -162,6 +162,11 @@ REGISTRY: dict[str, Setting] = {
         Setting("DROPBOX_APP_FOLDER", "str", None,
                 "For an App-folder Dropbox app: the folder's path as Dropbox shows it, so links in "
                 "submitter messages open the right folder.", "/Apps/Alma exports"),
+        # Observability
+        Setting("APPLICATIONINSIGHTS_CONNECTION_STRING", "secret", None,
+                "Application Insights connection string: traces, metrics and logs are exported with "
+                "azure-monitor-opentelemetry when set, and nothing is exported when unset.",
+                "InstrumentationKey=...;IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/"),
     ]
 }
 

@@ -174,6 +174,13 @@ def test_demo_runs_the_whole_flow_into_the_out_folder(clean_env, capsys, tmp_pat
     assert "submitted by System, not a staff user, so nobody is told" in printed
     assert '    | Subject: Alma export "Export Bibliographic Records" finished' in printed
     assert f"    | Where: {folder}" in printed and "    | --- SMS (" in printed
+    # It ends with the run's status page and the instance page beside it, linked to each other.
+    assert f"status page: {tmp_path / 'status.html'}" in printed
+    listing = (tmp_path / "status.html").read_text()
+    instance = (tmp_path / "status-8816243980004146.html").read_text()
+    assert 'href="status-8816243980004146.html"' in listing and ">done<" in listing and ">100<" in listing
+    assert 'href="status.html"' in instance and "BIBS_nightly_8816243980004146_2.xml" in instance
+    assert manifest["files"][1]["outputs"][0]["sha256"] in instance
 
 
 def test_demo_with_an_ignored_event_exits_1(clean_env, capsys, tmp_path):

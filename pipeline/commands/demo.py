@@ -206,6 +206,10 @@ def run_pipeline(host: Any, out: str) -> int:
         print_submitter_message(record)
         ok = ok and record.state == "done"
     print(f"\nresults are in {Path(out).resolve()}")
+    from pipeline import status
+
+    pages = status.write_static(Ledger.from_settings(), out, [r.instance_id for r in records])
+    print(f"status page: {pages[0].resolve()} (open it in a browser; each instance's page is beside it)")
     return 0 if ok else 1
 
 

@@ -146,14 +146,91 @@ class HttpCall:
 
 
 def invoke_http(function: str, method: str, url: str, *, params: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None, body: bytes = b"") -> HttpCall:
+                headers: dict[str, str] | None = None, body: bytes = b"",
+                route_params: dict[str, str] | None = None) -> HttpCall:
     """Call an HTTP-triggered function the way the host does (a `func.HttpRequest`, an object with
     `.set()` per output binding); delivers nothing, so it needs no storage."""
     import azure.functions as func
 
-    req = func.HttpRequest(method=method, url=url, params=params or {}, headers=headers or {}, body=body)
+    req = func.HttpRequest(method=method, url=url, params=params or {}, headers=headers or {}, body=body,
+                           route_params=route_params or {})
     outputs = {name: Binding() for name in queue_outputs(function)}
     return HttpCall(user_function(function)(req, **outputs), outputs)
+
+
+def match_route(template: str, path: str) -> dict[str, str] | None:
+    """Route parameters of `path` (below /api/) for a route template such as
+    `status/{instance_id?}`, or None when it does not match; `{name?}` may be absent."""
+    from urllib.parse import unquote
+
+    want, got = template.strip("/").split("/"), [unquote(p) for p in path.strip("/").split("/") if p]
+    params: dict[str, str] = {}
+    for i, part in enumerate(want):
+        optional = part.startswith("{") and part.endswith("?}")
+        if i >= len(got):
+            if optional:
+                continue
+            return None
+        if part.startswith("{") and part.endswith("}"):
+            params[part.strip("{}?")] = got[i]
+        elif part != got[i]:
+            return None
+    return params if len(got) <= len(want) else None
+
+
+def serve_http(port: int = 0) -> Any:
+    """A local HTTP server (127.0.0.1, a thread) that routes `/api/<route>` requests to the app's
+    HTTP-triggered functions as the host does, for browsers and tests; `.server_port`, `.shutdown()`."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qsl, urlsplit
+
+    routes = []
+    for name, fn in registered_functions().items():
+        for b in fn.get_bindings():
+            spec = b.get_dict_repr()
+            if spec.get("type") == "httpTrigger":
+                methods = [str(getattr(m, "value", m)).upper() for m in spec.get("methods") or []]
+                routes.append((name, spec.get("route") or name, methods))
+
+    class Handler(BaseHTTPRequestHandler):
+        def _call(self) -> None:
+            url = urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            for name, route, methods in routes:
+                params = match_route(route, url.path.removeprefix("/api/")) if url.path.startswith("/api/") else None
+                if params is None:
+                    continue
+                if methods and self.command not in methods:
+                    self._answer(405, b"method not allowed", {"Content-Type": "text/plain"})
+                    return
+                call = invoke_http(name, self.command, f"http://{self.headers.get('Host', '127.0.0.1')}{self.path}",
+                                   params=dict(parse_qsl(url.query)), headers=dict(self.headers.items()),
+                                   body=body, route_params=params)
+                response = call.response
+                headers = dict(response.headers)
+                if not any(k.lower() == "content-type" for k in headers):  # the host sends mimetype + charset
+                    headers["Content-Type"] = f"{response.mimetype}; charset={response.charset}"
+                self._answer(response.status_code, response.get_body(), headers)
+                return
+            self._answer(404, b"no function at this route", {"Content-Type": "text/plain"})
+
+        def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                if key.lower() != "content-length":
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _call
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("devhost http: " + format, *args)
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name="devhost-http").start()
+    return server
 
 
 @dataclass
