@@ -32,7 +32,7 @@ from pipeline.dev.host import DevHost  # noqa: E402
 from pipeline.ledger import Ledger  # noqa: E402
 from pipeline.marc.engine import Input, process  # noqa: E402
 from tests import marcgen  # noqa: E402
-from tests.e2e_support import send_webhook  # noqa: E402
+from tests.e2e_support import clear_queues, send_webhook  # noqa: E402
 from tests.fake_alma import FakeAlma  # noqa: E402
 
 RECORDS = int(os.environ.get("E2E_RECORDS", "100000"))
@@ -41,7 +41,6 @@ RULES = ROOT / "samples" / "rules" / "discovery-cleanup.yaml"
 SECRET = "bench-secret"
 JOB_ID = "S5139276810004146"
 STEM = "BIBS_bench"
-QUEUES = ("alma-export-jobs", "alma-export-files", "alma-export-jobs-poison", "alma-export-files-poison")
 
 
 def generate(folder: Path) -> list[Path]:
@@ -73,8 +72,7 @@ def start_fake_dropbox() -> tuple[subprocess.Popen, str]:
 
 
 def time_e2e(workers: int, env: dict[str, str], host: DevHost, alma: FakeAlma) -> float:
-    for q in QUEUES:
-        host.queue(q).clear_messages()
+    clear_queues(host)
     instance_id = str(77000000000000000 + uuid.uuid4().int % 10**15)
     alma.add_instance(JOB_ID, instance_id, stem=STEM, exported=RECORDS)
     procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "worker_proc.py"), "--idle-exit", "30",

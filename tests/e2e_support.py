@@ -4,12 +4,20 @@ sent through the registered `alma_webhook` the way Alma and the Functions host w
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline import worker
 from pipeline.commands.demo import sign
+from pipeline.dev.host import DevHost
+from pipeline.hostconfig import HostConfig
+from pipeline.queues import FILES_QUEUE, JOBS_QUEUE
+from tests.worker_proc import fake_dropbox_context
 
 ROOT = Path(__file__).resolve().parent.parent
+QUEUES = (JOBS_QUEUE, FILES_QUEUE, JOBS_QUEUE + "-poison", FILES_QUEUE + "-poison")
 
 
 def job_end_event(instance_id: str, stem: str) -> dict[str, Any]:
@@ -32,3 +40,22 @@ def send_webhook(host: Any, instance_id: str, stem: str, secret: str) -> dict[st
                               body=body).response
     assert response.status_code == 202, response.get_body()
     return event
+
+
+def clear_queues(host: DevHost) -> None:
+    """Start from empty queues: Azurite is shared by the whole session."""
+    for name in QUEUES:
+        host.queue(name).clear_messages()
+
+
+@contextmanager
+def worker_host(connection_string: str, dropbox_url: str, max_dequeue_count: int) -> Iterator[DevHost]:
+    """A dev host over emptied queues, with the worker's Dropbox client pointed at the fake Dropbox."""
+    host = DevHost(connection_string, config=HostConfig(max_dequeue_count=max_dequeue_count, visibility_timeout=0),
+                   lease_seconds=30)
+    clear_queues(host)
+    worker.set_context(fake_dropbox_context(dropbox_url))
+    try:
+        yield host
+    finally:
+        worker.set_context(None)

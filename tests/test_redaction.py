@@ -16,21 +16,17 @@ import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
 
-from pipeline import redact, worker
-from pipeline.dev.host import DevHost
-from pipeline.hostconfig import HostConfig
+from pipeline import redact
 from pipeline.ledger import CONTAINER
 from tests import marcgen
-from tests.e2e_support import send_webhook
+from tests.e2e_support import send_webhook, worker_host
 from tests.fake_alma import FakeAlma
 from tests.fake_dropbox import FakeDropbox
 from tests.sftp_server import SftpTestServer
 from tests.test_notify import Receiver
-from tests.worker_proc import fake_dropbox_context
 
 JOB_ID = "S5139276810004146"
 STEM = "BIBS_redact"
-QUEUES = ("alma-export-jobs", "alma-export-files", "alma-export-jobs-poison", "alma-export-files-poison")
 
 
 class Everything(logging.Handler):
@@ -131,15 +127,10 @@ def job_world(tmp_path, clean_env, azurite):
     }
     for key, value in env.items():
         clean_env.setenv(key, value)
-    host = DevHost(azurite.connection_string, config=HostConfig(max_dequeue_count=2, visibility_timeout=0),
-                   lease_seconds=30)
-    for q in QUEUES:
-        host.queue(q).clear_messages()
-    worker.set_context(fake_dropbox_context(dropbox.url))
     try:
-        yield host, env, alma, dropbox, receiver, azurite
+        with worker_host(azurite.connection_string, dropbox.url, max_dequeue_count=2) as host:
+            yield host, env, alma, dropbox, receiver, azurite
     finally:
-        worker.set_context(None)
         receiver.close()
         dropbox.stop()
         alma.__exit__(None, None, None)

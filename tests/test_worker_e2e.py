@@ -18,23 +18,19 @@ import pytest
 
 from pipeline import worker
 from pipeline.destinations.local import LocalDestination
-from pipeline.dev.host import DevHost
-from pipeline.hostconfig import HostConfig
 from pipeline.ledger import Ledger
 from pipeline.marc.engine import Input, process
 from tests import marcgen
-from tests.e2e_support import send_webhook
+from tests.e2e_support import send_webhook, worker_host
 from tests.fake_alma import FakeAlma
 from tests.fake_dropbox import FakeDropbox, content_hash
 from tests.sftp_server import SftpTestServer
 from tests.test_notify import Receiver
-from tests.worker_proc import fake_dropbox_context
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "e2e-webhook-secret"
 JOB_ID = "S5139276810004146"
 RULES = ROOT / "samples" / "rules" / "discovery-cleanup.yaml"
-QUEUES = ("alma-export-jobs", "alma-export-files", "alma-export-jobs-poison", "alma-export-files-poison")
 DEST_ROOT = "/Alma exports"
 
 # Export sets on the SFTP server: stem -> [(file name, records or raw bytes)]
@@ -94,13 +90,8 @@ def e2e(clean_env, azurite, sftp, alma, dropbox):
     }
     for key, value in env.items():
         clean_env.setenv(key, value)
-    host = DevHost(azurite.connection_string, config=HostConfig(max_dequeue_count=3, visibility_timeout=0),
-                   lease_seconds=30)
-    for q in QUEUES:
-        host.queue(q).clear_messages()
-    worker.set_context(fake_dropbox_context(dropbox.url))
-    yield host, env
-    worker.set_context(None)
+    with worker_host(azurite.connection_string, dropbox.url, max_dequeue_count=3) as host:
+        yield host, env
 
 
 def new_instance(alma: FakeAlma, stem: str) -> str:
