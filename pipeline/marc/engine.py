@@ -258,29 +258,38 @@ def run_chunk(work: Work, input_format: str, context: Any, chunk_context: Any, c
         error = str(exc)
     outcomes, counters = run_batch(work, input_format, context, list(enumerate(frames)), want_records) \
         if frames else ([], {})
-    out: list[tuple] = []
+    out: list[Any] = []  # a run is gathered as [RUN, count, pieces] and joined once at the end
     rejected: dict[int, Frame] = {}
     n = 0
     for outcome in outcomes:
         kind = outcome[0]
         if kind == COPY:
-            count, suffix = outcome[1], outcome[2]
-            raws = [frame.raw for frame in frames[n:n + count]]
-            data = suffix.join(raws) + suffix if suffix else b"".join(raws)  # type: ignore[arg-type]
-            if out and out[-1][0] == RUN:
-                out[-1] = (RUN, out[-1][1] + count, out[-1][2] + data)
-            else:
-                out.append((RUN, count, data))
+            count = outcome[1]
+            _add_run(out, count, copied([frame.raw for frame in frames[n:n + count]], outcome[2]))
             n += count
             continue
         if kind == REJECT or kind == OK:
             rejected[outcome[1]] = frames[outcome[1]]
-        if kind == RUN and out and out[-1][0] == RUN:
-            out[-1] = (RUN, out[-1][1] + outcome[1], out[-1][2] + outcome[2])
+        if kind == RUN:
+            _add_run(out, outcome[1], outcome[2])
         else:
             out.append(outcome)
         n += outcome[1] if kind == RUN else 1
-    return out, counters, rejected, len(frames), error
+    joined = [(RUN, o[1], b"".join(o[2])) if o[0] == RUN else o for o in out]
+    return joined, counters, rejected, len(frames), error
+
+
+def copied(raws: list[bytes], suffix: bytes | None) -> bytes:
+    """The output of records copied through: their input bytes, each followed by the writer's suffix."""
+    return suffix.join(raws) + suffix if suffix else b"".join(raws)
+
+
+def _add_run(out: list[Any], count: int, data: bytes) -> None:
+    if out and out[-1][0] == RUN:
+        out[-1][1] += count
+        out[-1][2].append(data)
+    else:
+        out.append([RUN, count, [data]])
 
 
 def _worker_chunk(input_format: str, context: Any, chunk_context: Any, chunk: Chunk,
@@ -430,10 +439,7 @@ class _MemberRun:
             kind = outcome[0]
             if kind == COPY:  # output = the input bytes (+ suffix) of the next `count` frames
                 count, suffix = outcome[1], outcome[2]
-                raws = [frame.raw for _, frame in batch[n:n + count]]
-                if suffix:
-                    raws.append(b"")
-                sink.record(None, suffix.join(raws) if suffix else b"".join(raws))  # type: ignore[arg-type]
+                sink.record(None, copied([frame.raw for _, frame in batch[n:n + count]], suffix))
                 result.records_out += count
                 n += count
             elif kind == RUN:
