@@ -100,13 +100,7 @@ def _by_directory(dtext: str, tags: list[str], data: bytes) -> tuple[list[bytes]
     if len(pieces) == count + 1 and not pieces[-1]:  # the usual layout, checked in one formatted compare
         pieces.pop()
         lengths = [len(p) + 1 for p in pieces]
-        layout = _DIRECTORY_FORMATS.get(count)
-        if layout is None:
-            layout = "%s%04d%05d" * count
-            if count <= 256:
-                _DIRECTORY_FORMATS[count] = layout
-        if layout % tuple(chain.from_iterable(zip(tags, lengths, accumulate(lengths, initial=0), strict=False))) \
-                == dtext:
+        if _directory_is(tags, lengths, dtext):
             return pieces, True
     out = []
     size = len(data)
@@ -215,6 +209,20 @@ def salvage_id(raw: bytes | None) -> str | None:
 
 
 _DIRECTORY_FORMATS: dict[int, str] = {}
+
+
+def _directory_is(tags: list[str], lengths: list[int], dtext: str) -> bool:
+    """Whether `dtext` is the directory a writer makes for these fields in data order: one formatted
+    compare instead of parsing every entry (a format per entry costs several times more)."""
+    count = len(lengths)
+    layout = _DIRECTORY_FORMATS.get(count)
+    if layout is None:
+        layout = "%s%04d%05d" * count
+        if count <= 256:
+            _DIRECTORY_FORMATS[count] = layout
+    offsets = accumulate(lengths, initial=0)
+    return layout % tuple(chain.from_iterable(zip(tags, lengths, offsets, strict=False))) == dtext
+
 _CODE_NOT_ASCII = re.compile(rb"\x1f[\x80-\xff]")
 
 
@@ -271,13 +279,7 @@ def passthrough_marc21(raw: bytes) -> bytes | None:
     lengths = [len(p) + 1 for p in pieces]
     if lengths and max(lengths) > MAX_FIELD:
         return None
-    # the directory the writer would write, formatted in one call (a format per entry costs 3x more)
-    layout = _DIRECTORY_FORMATS.get(count)
-    if layout is None:
-        layout = "%s%04d%05d" * count
-        if count <= 256:
-            _DIRECTORY_FORMATS[count] = layout
-    if layout % tuple(chain.from_iterable(zip(tags, lengths, accumulate(lengths, initial=0), strict=False))) != dtext:
+    if not _directory_is(tags, lengths, dtext):
         return None
     leader = raw[:24]
     head = b"%05d%sa22%05d%s4500" % (n, leader[5:9], dir_end + 1, leader[17:20])
