@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FAILED = "_FAILED.json"
-REPORT = "report.json"
 CONTROL_STEMS = ("manifest", "report", "_FAILED")  # stems no output may take: the job's own files
 LEASE_GRACE = 60.0  # at most this many seconds a file lease outlives the invocation's budget
 MANIFEST_LEASE = 600.0  # at most this many seconds a manifest writer holds its claim before another may take over
@@ -507,12 +506,12 @@ class JobService:
                 continue
             iid = record.instance_id
             try:
-                found = self.ledger.sweep(iid, self.worker_id, stale_after, max_resends, self.manifest_lease)
+                record, found = self.ledger.sweep(iid, self.worker_id, stale_after, max_resends,
+                                                  self.manifest_lease)
                 self.fault("swept")
                 if found.resend or found.failed:
                     log.warning("sweep: job instance %s: re-sending %s; failing %s", iid, found.resend or "-",
                                 found.failed or "-")
-                record = self.ledger.get(iid) or record
                 for name in found.failed:
                     f = record.file(name)
                     self.write_failed(record, f, f.error or "", f.attempts)

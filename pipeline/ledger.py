@@ -71,9 +71,6 @@ def epoch(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
-_iso, _epoch = iso, epoch
-
-
 @dataclass
 class FileState:
     """One export file of a job instance and what happened to it."""
@@ -551,6 +548,7 @@ class Ledger:
         have other side effects. When it changes nothing, nothing is written.
         """
         name = self.blob_name(instance_id)
+        container = getattr(self.store, "container", None)  # blob storage keeps the status page's index
         for attempt in range(self.max_attempts):
             got = self._read(instance_id)
             if got is None:
@@ -559,7 +557,7 @@ class Ledger:
                 record, before = create(), b""
             else:
                 record, before = got  # what we wrote is to_json's own form: comparing bytes needs no re-encoding
-            listed = jobindex.stored(record) if record.etag else None
+            listed = jobindex.stored(record) if record.etag and container is not None else None
             result = fn(record)
             if record.etag and record.to_json() == before:
                 return record, result
@@ -572,8 +570,7 @@ class Ledger:
                 time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
                 continue
             record.etag = etag
-            container = getattr(self.store, "container", None)
-            if container is not None:  # blob storage: the status page's newest-first listing
+            if container is not None:  # the status page's newest-first listing
                 jobindex.write(container, record, listed)
             return record, result
         raise LedgerConflict(
@@ -583,9 +580,6 @@ class Ledger:
     def update(self, instance_id: str, fn: Callable[[JobRecord], Any]) -> JobRecord:
         """Change a record with `fn` (which mutates it; it may run more than once) and return it."""
         return self._transact(instance_id, fn)[0]
-
-    def _apply(self, instance_id: str, transition: Callable[..., T], *args: Any) -> T:
-        return self._transact(instance_id, lambda r: transition(r, *args))[1]
 
     # ---- plan and instance ---------------------------------------------------------------------
 
@@ -620,8 +614,6 @@ class Ledger:
     ) -> JobRecord:
         """Set the instance state and add `info` (e.g. error=...); creates the record if missing,
         so a job that failed before it was planned is still recorded (with its message)."""
-        if state not in STATES:
-            raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
         return self._transact(instance_id, lambda r: mark(r, state, message, info, self.clock()),
                               create=lambda: JobRecord(instance_id=instance_id))[0]
 
@@ -671,7 +663,7 @@ class Ledger:
         return self._transact(instance_id, lambda r: reset_failed(r, self.clock()))[1]
 
     def sweep(self, instance_id: str, worker_id: str, stale_after: float, max_sweeps: int,
-              manifest_lease_seconds: float = 600) -> SweepResult:
-        """One sweep of one instance (see `sweep`)."""
+              manifest_lease_seconds: float = 600) -> tuple[JobRecord, SweepResult]:
+        """One sweep of one instance (see `sweep`): the record as swept, and what was found."""
         return self._transact(instance_id, lambda r: sweep(r, worker_id, self.clock(), stale_after, max_sweeps,
-                                                           manifest_lease_seconds))[1]
+                                                           manifest_lease_seconds))

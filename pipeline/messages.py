@@ -60,10 +60,6 @@ class FileMessage:
         return json.dumps({"v": FILE_MESSAGE_VERSION, "instance_id": self.instance_id, "file": self.file,
                            "job_id": self.job_id, "part": self.part}, separators=(",", ":"))
 
-    def to_bytes(self) -> bytes:
-        """What goes on the queue: bytes are enqueued as written."""
-        return self.to_json().encode("utf-8")
-
     @classmethod
     def parse(cls, raw: str | bytes) -> FileMessage:
         try:

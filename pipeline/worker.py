@@ -22,20 +22,18 @@ from typing import Any
 
 from pipeline import settings
 from pipeline.jobs import (
-    MANIFEST,
     MANIFEST_LEASE,
     JobError,
     JobService,
     alma_from_settings,
     destination_from_url,
-    manifest,
     source_from_url,
 )
 from pipeline.ledger import Ledger
 from pipeline.messages import FileMessage, MessageError, parse_job
 from pipeline.queues import FILES_QUEUE
 
-__all__ = ["MANIFEST", "Context", "WorkerError", "context", "export_failed", "manifest", "plan_export",
+__all__ = ["Context", "WorkerError", "context", "export_failed", "plan_export",
            "process_export_file", "set_context", "sweep_jobs", "time_budget"]
 
 log = logging.getLogger(__name__)

@@ -108,7 +108,7 @@ class FailingManifest(LocalDestination):
 
 def test_a_failed_manifest_write_is_released_and_the_next_delivery_completes_the_job(env):
     marcgen.write_marcxml(env / "B_1.xml", marcgen.records(5, seed=1), namespace=False)
-    ledger = Ledger(store=MemoryStore())
+    ledger = Ledger.in_memory()
     service = make_service("B", ledger, destination_factory=lambda url: FailingManifest.from_url(url))
     FailingManifest.failures = 1
     (msg,) = plan(service, "1001")
@@ -127,7 +127,7 @@ def test_a_worker_dying_before_the_manifest_is_completed_after_the_lease_by_a_de
     marcgen.write_marcxml(env / "B_1.xml", marcgen.records(5, seed=1), namespace=False)
     for completer in ("delivery", "sweeper"):
         clock = Clock()
-        ledger = Ledger(store=MemoryStore(), clock=clock)
+        ledger = Ledger.in_memory(clock=clock)
 
         def die(point: str) -> None:
             if point == "settled":
@@ -158,7 +158,7 @@ def test_the_sweeper_continues_a_job_whose_messages_are_gone_and_fails_it_after_
     marcgen.write_marcxml(env / "B_1.xml", marcgen.records(5, seed=1), namespace=False)
     marcgen.write_marcxml(env / "B_2.xml", marcgen.records(5, seed=2), namespace=False)
     clock = Clock()
-    ledger = Ledger(store=MemoryStore(), clock=clock)
+    ledger = Ledger.in_memory(clock=clock)
     service = make_service("B", ledger, clock=clock)
     first, second = plan(service, "1004")
     run_all(service, [first])  # the second file's message is lost (its worker's process was killed)
@@ -185,7 +185,7 @@ def test_the_sweeper_continues_a_job_whose_messages_are_gone_and_fails_it_after_
 def test_same_stem_files_get_distinct_outputs_identical_to_process(env, tmp_path):
     marcgen.write_marcxml(env / "COLL_1.xml", marcgen.records(30, seed=1), namespace=False)
     marcgen.write_marc21(env / "COLL_1.mrc", marcgen.records(20, seed=2, start=30))
-    ledger = Ledger(store=MemoryStore())
+    ledger = Ledger.in_memory()
     service = make_service("COLL", ledger)
     run_all(service, plan(service, "2001"), budget=0.0001)  # continuations too
     record = ledger.get("2001")
@@ -218,7 +218,7 @@ def test_an_archive_member_called_manifest_does_not_become_the_jobs_manifest(env
     _tar(env / "T_1.tar.gz", {"manifest.xml": marcgen.marcxml_bytes(marcgen.records(7, seed=1)),
                               "report.xml": marcgen.marcxml_bytes(marcgen.records(3, seed=2)),
                               "empty.xml": b""})
-    ledger = Ledger(store=MemoryStore())
+    ledger = Ledger.in_memory()
     service = make_service("T", ledger)
     run_all(service, plan(service, "2002"))
     record = ledger.get("2002")
@@ -233,7 +233,7 @@ def test_an_archive_member_called_manifest_does_not_become_the_jobs_manifest(env
 
 def test_two_instances_of_the_same_job_on_the_same_day_never_share_a_folder(env):
     marcgen.write_marcxml(env / "B_1.xml", marcgen.records(5, seed=1), namespace=False)
-    ledger = Ledger(store=MemoryStore())
+    ledger = Ledger.in_memory()
     service = make_service("B", ledger)
     for iid in ("3001", "3002"):
         run_all(service, plan(service, iid))
@@ -247,7 +247,7 @@ def test_two_instances_of_the_same_job_on_the_same_day_never_share_a_folder(env)
 def test_under_the_functions_host_a_relative_destination_fails_the_job_at_planning(env, clean_env, destination):
     clean_env.setenv("FUNCTIONS_WORKER_RUNTIME", "python")
     clean_env.setenv("DESTINATION", destination) if destination else clean_env.delenv("DESTINATION")
-    ledger = Ledger(store=MemoryStore())
+    ledger = Ledger.in_memory()
     assert plan(make_service("B", ledger), "3003") == []  # failed at once, not retried
     record = ledger.get("3003")
     assert record.state == "failed" and "setting DESTINATION" in record.info["error"]
@@ -284,7 +284,7 @@ def test_the_webhook_refuses_ids_the_ledger_would_refuse(clean_env, path, value)
 def test_an_archive_of_twenty_thousand_empty_members_fails_clearly_and_stays_small(env):
     _tar(env / "E_1.tar.gz", {f"m{i}.xml": b"" for i in range(20_000)})
     assert (env / "E_1.tar.gz").stat().st_size < 200_000
-    ledger = Ledger(store=MemoryStore())
+    ledger = Ledger.in_memory()
     service = make_service("E", ledger)
     (msg,) = plan(service, "5001")
     with pytest.raises(Exception, match=r"more than 10000 members \(MAX_ARCHIVE_MEMBERS\)"):
@@ -302,7 +302,7 @@ def test_archive_members_without_records_write_no_output_and_the_member_list_is_
     members = {f"m{i:03d}.xml": b"" for i in range(300)}
     members["data.xml"] = marcgen.marcxml_bytes(marcgen.records(4, seed=1))
     _tar(env / "E_1.tar.gz", members)
-    ledger = Ledger(store=MemoryStore())
+    ledger = Ledger.in_memory()
     service = make_service("E", ledger)
     run_all(service, plan(service, "5002"))
     record = ledger.get("5002")
@@ -333,7 +333,7 @@ def test_poison_handlers_never_raise_and_log_the_ids(clean_env, caplog):
 
 def test_a_poison_message_for_a_done_file_is_not_reported_as_a_failure(env, caplog):
     marcgen.write_marcxml(env / "B_1.xml", marcgen.records(5, seed=1), namespace=False)
-    ledger = Ledger(store=MemoryStore())
+    ledger = Ledger.in_memory()
     service = make_service("B", ledger)
     (msg,) = plan(service, "6003")
     run_all(service, [msg])

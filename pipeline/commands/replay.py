@@ -74,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.event} is a {event.action or 'unknown'} event, not JOB_END with a job instance")
     from pipeline import events
     from pipeline.jobs import JobError, JobService, JobSpec
-    from pipeline.ledger import Ledger, MemoryStore
+    from pipeline.ledger import Ledger
 
     message = events.job_message(event, event.time or "")
     raw = json.loads(events.serialize_message(message))
     _output.open_output("replay", args.out, args.per_record)  # checks --out and --per-record, creates the folder
     spec = JobSpec(source=args.source or settings.require("EXPORT_SOURCE"), destination=args.out, format=fmt,
                    rules=rules, per_record=args.per_record)
-    service = JobService(Ledger(store=MemoryStore()), workers=args.workers or 1)
+    service = JobService(Ledger.in_memory(), workers=args.workers or 1)
     try:
         messages = service.plan(message, raw, last_attempt=True, spec=spec, strict=True)
     except AlmaError as exc:
