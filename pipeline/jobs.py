@@ -441,8 +441,7 @@ class JobService:
             return
         try:
             destination = self.destination_factory(dest_url)
-            remove = getattr(destination, "delete", None)
-            if remove is not None and remove(name):
+            if destination.delete(name):
                 log.info("removed stale %s at %s", name, destination.location(name))
         except Exception as exc:
             log.warning("could not remove stale %s: %s", name, exc)

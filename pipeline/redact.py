@@ -6,7 +6,8 @@ the redacted text: the Functions host's, the CLI's, pytest's. Redacted are the v
 path and query of NOTIFY_URL (its token), and the request target of every urllib3 request to the
 notification receiver or the Alma API (urllib3 logs `"POST /services/.../<token> HTTP/1.1"` at
 DEBUG). A record's exception text is redacted too. Secrets are read from the environment on each
-record that is actually emitted, so a setting changed at run time is covered at once.
+record created (what they give is cached while they stay the same), so a setting changed at run time
+is covered at once.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ _cache: list[Any] = [None, {}]  # (raw values, what they gave): the environment 
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """value -> what it is called in the redacted text, for every secret that is set."""
+    """value -> what it is called in the redacted text, for every secret that is set; longest value
+    first, the order `redact_text` replaces in."""
     env = os.environ if environ is None else environ
     raws = tuple(env.get(name) for name in _SECRET_NAMES)
     if environ is None and raws == _cache[0]:
@@ -71,7 +73,7 @@ def _secrets_of(env: Mapping[str, str | None]) -> dict[str, str]:
                 found[target] = "NOTIFY_URL"
             if len(parts.query) >= MIN_SECRET:
                 found[parts.query] = "NOTIFY_URL"
-    return found
+    return {value: found[value] for value in sorted(found, key=len, reverse=True)}
 
 
 def sensitive_hosts(environ: Mapping[str, str] | None = None) -> set[str]:
@@ -99,20 +101,20 @@ def _alma_gateways() -> Iterable[str]:
 
 
 def redact_text(text: str, secrets: Mapping[str, str]) -> str:
-    """`text` with every secret value replaced by `[REDACTED NAME]`, longest first (a secret that
-    contains another is replaced whole)."""
-    for value in sorted(secrets, key=len, reverse=True):
+    """`text` with every secret value replaced by `[REDACTED NAME]`, in the order of `secrets`
+    (`secret_values` gives the longest first, so a secret that contains another is replaced whole)."""
+    for value in secrets:
         if value in text:
             text = text.replace(value, f"[REDACTED {secrets[value]}]")
     return text
 
 
-def redact_record(record: logging.LogRecord, environ: Mapping[str, str] | None = None) -> logging.LogRecord:
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
     """Rewrite one record in place: its message becomes the redacted, formatted text."""
-    secrets = secret_values(environ)
+    secrets = secret_values()
     if record.name == _URLLIB3_REQUEST and isinstance(record.args, tuple) and len(record.args) >= 5:
         host = str(record.args[1]).lower()
-        if host in sensitive_hosts(environ):
+        if host in sensitive_hosts():
             args = list(record.args)
             args[4] = "/[REDACTED path]"
             record.args = tuple(args)
@@ -147,12 +149,3 @@ def install() -> None:
 
         logging.setLogRecordFactory(factory)
         _installed = previous
-
-
-def uninstall() -> None:
-    """Restore the record factory that was there before `install` (tests)."""
-    global _installed
-    with _lock:
-        if _installed is not None:
-            logging.setLogRecordFactory(_installed)
-            _installed = None

@@ -100,6 +100,9 @@ class Files:
                 files.writers.setdefault(path, set()).add((url, writer or relpath))
                 return SimpleNamespace(path=path)
 
+            def delete(self, relpath: str) -> bool:
+                return files.data.pop(f"{url}/{relpath}", None) is not None
+
         return Destination()
 
 

@@ -150,6 +150,10 @@ class Destination(Protocol):
         """Where `relpath` ends up, for messages and reports."""
         ...
 
+    def delete(self, relpath: str) -> bool:
+        """Remove a file (a stale `_FAILED.json` after a successful re-run); False when it was not there."""
+        ...
+
     def resume(self, state: dict[str, Any]) -> Output:
         """Continue an output from `Output.checkpoint()`; the next write goes at `state["position"]`."""
         ...
