@@ -20,19 +20,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.destinations.local import LocalDestination  # noqa: E402
 from pipeline.dev import azurite  # noqa: E402
 from pipeline.dev.host import DevHost  # noqa: E402
 from pipeline.hostconfig import HostConfig  # noqa: E402
-from pipeline.marc.engine import Input, process  # noqa: E402
 from tests import marcgen  # noqa: E402
+from tests.e2e_support import RULES, expected_outputs  # noqa: E402
 from tests.fake_alma import FakeAlma  # noqa: E402
 from tests.killloop import run_trial  # noqa: E402
 
 TRIALS = int(os.environ.get("SOAK_TRIALS", "50"))
 SECRET = "soak-secret"
 STEM = "BIBS_soak"
-RULES = ROOT / "samples" / "rules" / "discovery-cleanup.yaml"
 
 
 def main() -> int:
@@ -42,10 +40,7 @@ def main() -> int:
     names = [f"{STEM}_1.xml", f"{STEM}_2.xml", f"{STEM}_10.xml"]
     for i, name in enumerate(names):
         marcgen.write_marcxml(exports / name, marcgen.records(250, seed=i, start=250 * i), namespace=False)
-    expected_dir = work / "expected"
-    process([Input.from_path(exports / n) for n in names], LocalDestination(expected_dir), fmt="marcxml",
-            rules_path=str(RULES))
-    expected = {p.name: p.read_bytes() for p in expected_dir.iterdir() if p.name != "report.json"}
+    expected = expected_outputs(exports, names, work)
     server = azurite.start()
     failures = identical = 0
     started = time.monotonic()

@@ -11,12 +11,15 @@ from typing import Any
 
 from pipeline import worker
 from pipeline.commands.demo import sign
+from pipeline.destinations.local import LocalDestination
 from pipeline.dev.host import DevHost
 from pipeline.hostconfig import HostConfig
+from pipeline.marc.engine import Input, process
 from pipeline.queues import FILES_QUEUE, JOBS_QUEUE
 from tests.worker_proc import fake_dropbox_context
 
 ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "samples" / "rules" / "discovery-cleanup.yaml"
 QUEUES = (JOBS_QUEUE, FILES_QUEUE, JOBS_QUEUE + "-poison", FILES_QUEUE + "-poison")
 
 
@@ -59,3 +62,12 @@ def worker_host(connection_string: str, dropbox_url: str, max_dequeue_count: int
         yield host
     finally:
         worker.set_context(None)
+
+
+def expected_outputs(export_dir: Path, names: list[str], work: Path) -> dict[str, bytes]:
+    """What `process` (the CLI's engine) makes of the same files with the same rules: the outputs a
+    job through the queues must match byte for byte."""
+    out = work / "expected"
+    process([Input.from_path(export_dir / n) for n in names], LocalDestination(out), fmt="marcxml",
+            rules_path=str(RULES))
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.name != "report.json"}

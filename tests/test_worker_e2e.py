@@ -19,9 +19,8 @@ import pytest
 from pipeline import worker
 from pipeline.destinations.local import LocalDestination
 from pipeline.ledger import Ledger
-from pipeline.marc.engine import Input, process
 from tests import marcgen
-from tests.e2e_support import send_webhook, worker_host
+from tests.e2e_support import RULES, expected_outputs, send_webhook, worker_host
 from tests.fake_alma import FakeAlma
 from tests.fake_dropbox import FakeDropbox, content_hash
 from tests.sftp_server import SftpTestServer
@@ -30,7 +29,6 @@ from tests.test_notify import Receiver
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "e2e-webhook-secret"
 JOB_ID = "S5139276810004146"
-RULES = ROOT / "samples" / "rules" / "discovery-cleanup.yaml"
 DEST_ROOT = "/Alma exports"
 
 # Export sets on the SFTP server: stem -> [(file name, records or raw bytes)]
@@ -98,14 +96,6 @@ def new_instance(alma: FakeAlma, stem: str) -> str:
     instance_id = str(88000000000000000 + uuid.uuid4().int % 10**15)
     alma.add_instance(JOB_ID, instance_id, stem=stem)
     return instance_id
-
-
-def expected_outputs(export_dir: Path, names: list[str], tmp_path: Path) -> dict[str, bytes]:
-    """What `process` (the CLI's engine) makes of the same files with the same rules."""
-    out = tmp_path / "expected"
-    process([Input.from_path(export_dir / n) for n in names], LocalDestination(out), fmt="marcxml",
-            rules_path=str(RULES))
-    return {p.name: p.read_bytes() for p in out.iterdir() if p.name != "report.json"}
 
 
 def folder(event: dict) -> str:
